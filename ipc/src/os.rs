@@ -1,0 +1,90 @@
+//! The control channel: a socketpair end that a child inherits as a numbered descriptor. This is
+//! the one module with `unsafe`: adopting that descriptor, and the async-signal-safe set-up a
+//! child runs between fork and exec.
+#![allow(unsafe_code)]
+
+use std::{
+    io,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        unix::net::UnixStream as StdUnixStream,
+    },
+};
+
+use nix::{
+    fcntl::{FcntlArg, FdFlag, fcntl},
+    sys::{
+        prctl,
+        signal::Signal,
+        stat::{SFlag, fstat},
+    },
+};
+use tokio::{
+    net::UnixStream,
+    process::{Child, Command},
+};
+
+/// The environment variable naming the child's control descriptor.
+pub const CONTROL_FD_ENV: &str = "IOT_CONNECTOR_CONTROL_FD";
+
+/// The descriptor number a child finds its control channel on.
+const CHILD_CONTROL_FD: RawFd = 3;
+
+/// Adopts the control channel this process was started with (see [`spawn_with_control`]).
+pub fn inherited_control() -> io::Result<UnixStream> {
+    let fd: RawFd = std::env::var(CONTROL_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|fd| *fd > 2)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{CONTROL_FD_ENV} is not set: connector children are started by `iot-connector run`"),
+            )
+        })?;
+    // SAFETY: fcntl(F_GETFD) is defined for any integer; it fails with EBADF when `fd` is not open.
+    if unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) } < 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("descriptor {fd} from {CONTROL_FD_ENV} is not open"),
+        ));
+    }
+    // SAFETY: the descriptor is open (checked above) and was dup2'ed onto this number by our parent
+    // before exec for us alone; it is adopted once, at start-up, so nothing else owns or closes it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mode = fstat(&owned).map_err(io::Error::from)?.st_mode;
+    if mode & SFlag::S_IFMT.bits() != SFlag::S_IFSOCK.bits() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {fd} from {CONTROL_FD_ENV} is not a socket"),
+        ));
+    }
+    fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
+    let stream = StdUnixStream::from(owned);
+    stream.set_nonblocking(true)?;
+    UnixStream::from_std(stream)
+}
+
+/// Spawns `command` with a control channel on descriptor 3, `no_new_privs`, and a parent-death
+/// signal so that no child outlives its parent. Returns the child and the parent's end.
+pub fn spawn_with_control(command: &mut Command) -> io::Result<(Child, UnixStream)> {
+    let (parent_end, child_end) = StdUnixStream::pair()?;
+    let child_fd = child_end.as_raw_fd();
+    command.env(CONTROL_FD_ENV, CHILD_CONTROL_FD.to_string()).kill_on_drop(true);
+    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
+    // system calls (dup2, prctl); it allocates nothing and touches no locks.
+    unsafe {
+        command.pre_exec(move || {
+            if nix::libc::dup2(child_fd, CHILD_CONTROL_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
+            prctl::set_no_new_privs().map_err(io::Error::from)?;
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    drop(child_end);
+    parent_end.set_nonblocking(true)?;
+    Ok((child, UnixStream::from_std(parent_end)?))
+}
