@@ -24,7 +24,9 @@ pub fn encode(message: &Message) -> Result<Vec<u8>, IpcError> {
     if body > MAX_FRAME_BYTES {
         return Err(IpcError::FrameTooLarge(body));
     }
-    let prefix = u32::try_from(body).map_err(|_| IpcError::FrameTooLarge(body))?.to_be_bytes();
+    let prefix = u32::try_from(body)
+        .map_err(|_| IpcError::FrameTooLarge(body))?
+        .to_be_bytes();
     frame.splice(0..4, prefix);
     Ok(frame)
 }
@@ -52,7 +54,10 @@ pub struct FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Wraps a byte stream.
     pub fn new(inner: R) -> Self {
-        Self { inner, body: Vec::new() }
+        Self {
+            inner,
+            body: Vec::new(),
+        }
     }
 
     /// Reads the next message; `Ok(None)` when the peer closed cleanly between frames.
@@ -60,9 +65,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let mut prefix = [0u8; 4];
         let mut filled = 0;
         while filled < prefix.len() {
-            let n = self.inner.read(prefix.get_mut(filled..).unwrap_or_default()).await?;
+            let n = self
+                .inner
+                .read(prefix.get_mut(filled..).unwrap_or_default())
+                .await?;
             if n == 0 {
-                return if filled == 0 { Ok(None) } else { Err(IpcError::Truncated) };
+                return if filled == 0 {
+                    Ok(None)
+                } else {
+                    Err(IpcError::Truncated)
+                };
             }
             filled += n;
         }
@@ -133,14 +145,20 @@ mod tests {
     fn trailing_bytes_are_refused() {
         let mut frame = encode(&Message::Ready).unwrap();
         frame.push(0);
-        assert!(matches!(decode(&frame[4..]), Err(IpcError::TrailingBytes(1))));
+        assert!(matches!(
+            decode(&frame[4..]),
+            Err(IpcError::TrailingBytes(1))
+        ));
     }
 
     #[tokio::test]
     async fn an_oversized_length_prefix_is_refused_before_reading_the_body() {
         let prefix = u32::try_from(MAX_FRAME_BYTES + 1).unwrap().to_be_bytes();
         let mut reader = FrameReader::new(&prefix[..]);
-        assert!(matches!(reader.recv().await, Err(IpcError::FrameTooLarge(_))));
+        assert!(matches!(
+            reader.recv().await,
+            Err(IpcError::FrameTooLarge(_))
+        ));
     }
 
     #[tokio::test]

@@ -46,7 +46,9 @@ pub enum IpcError {
     #[error("IPC peer closed the connection while {0:?} expected a message")]
     Closed(Phase),
     /// A message arrived that is not legal in the current phase.
-    #[error("IPC protocol error: {got} is not legal while {phase:?} (expected one of {expected:?})")]
+    #[error(
+        "IPC protocol error: {got} is not legal while {phase:?} (expected one of {expected:?})"
+    )]
     Unexpected {
         /// Where the conversation was.
         phase: Phase,

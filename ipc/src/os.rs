@@ -70,7 +70,9 @@ pub fn inherited_control() -> io::Result<UnixStream> {
 pub fn spawn_with_control(command: &mut Command) -> io::Result<(Child, UnixStream)> {
     let (parent_end, child_end) = StdUnixStream::pair()?;
     let child_fd = child_end.as_raw_fd();
-    command.env(CONTROL_FD_ENV, CHILD_CONTROL_FD.to_string()).kill_on_drop(true);
+    command
+        .env(CONTROL_FD_ENV, CHILD_CONTROL_FD.to_string())
+        .kill_on_drop(true);
     // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
     // system calls (dup2, prctl); it allocates nothing and touches no locks.
     unsafe {

@@ -52,7 +52,11 @@ impl Phase {
         if expected.contains(&message.kind()) {
             Ok(message)
         } else {
-            Err(IpcError::Unexpected { phase: self, got: message.kind(), expected })
+            Err(IpcError::Unexpected {
+                phase: self,
+                got: message.kind(),
+                expected,
+            })
         }
     }
 }
@@ -78,8 +82,16 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    writer.send(&Message::Hello { protocol_version: PROTOCOL_VERSION, role }).await?;
-    let Message::Hello { protocol_version, role: theirs } = reader.recv_in(Phase::Handshake).await?
+    writer
+        .send(&Message::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            role,
+        })
+        .await?;
+    let Message::Hello {
+        protocol_version,
+        role: theirs,
+    } = reader.recv_in(Phase::Handshake).await?
     else {
         return Err(IpcError::Handshake("first message was not Hello".into()));
     };
@@ -95,7 +107,11 @@ where
     match problem {
         Some(reason) => {
             // Best effort: the peer learns why before the connection closes.
-            let _ = writer.send(&Message::Refused { reason: reason.clone() }).await;
+            let _ = writer
+                .send(&Message::Refused {
+                    reason: reason.clone(),
+                })
+                .await;
             Err(IpcError::Handshake(reason))
         }
         None => Ok(()),
@@ -108,14 +124,18 @@ mod tests {
 
     #[test]
     fn a_batch_before_binding_is_a_protocol_error() {
-        let err = Phase::UplinkAwaitingBind.check(Message::Batch(Vec::new())).unwrap_err();
+        let err = Phase::UplinkAwaitingBind
+            .check(Message::Batch(Vec::new()))
+            .unwrap_err();
         assert!(matches!(err, IpcError::Unexpected { got: "Batch", .. }));
     }
 
     #[test]
     fn a_refusal_is_reported_with_its_reason() {
         let err = Phase::WorkerStreaming
-            .check(Message::Refused { reason: "bad token".into() })
+            .check(Message::Refused {
+                reason: "bad token".into(),
+            })
             .unwrap_err();
         assert!(matches!(err, IpcError::Refused(r) if r == "bad token"));
     }

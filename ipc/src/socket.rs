@@ -44,7 +44,10 @@ impl DataListener {
         use interprocess::local_socket::traits::StreamCommon as _;
         let stream = self.inner.accept().await?;
         let creds = stream.peer_creds()?;
-        let identity = PeerIdentity { pid: creds.pid(), uid: creds.euid() };
+        let identity = PeerIdentity {
+            pid: creds.pid(),
+            uid: creds.euid(),
+        };
         Ok((stream, identity))
     }
 }

@@ -10,8 +10,8 @@ mod record;
 pub mod table;
 
 pub use message::{
-    Message, PROTOCOL_VERSION, Role, SourceGrant, SpoolPolicy, UplinkSettings,
-    WorkerSettings, ZerobusSettings,
+    Message, PROTOCOL_VERSION, Role, SourceGrant, SpoolPolicy, UplinkSettings, WorkerSettings,
+    ZerobusSettings,
 };
 pub use record::{
     Detail, ModbusDetail, MqttDetail, OpcuaDetail, Quality, Record, StatusDetail, StatusEvent,

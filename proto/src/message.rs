@@ -38,7 +38,7 @@ pub enum Message {
     },
 
     /// Control, supervisor → uplink: its slice of the configuration.
-    ConfigureUplink(UplinkSettings),
+    ConfigureUplink(Box<UplinkSettings>),
     /// Control, supervisor → worker: its slice of the configuration.
     ConfigureWorker(WorkerSettings),
     /// Control, supervisor → uplink: a data connection presenting this token speaks for this source.

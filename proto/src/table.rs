@@ -7,7 +7,12 @@ use prost::Message as _;
 use crate::{Detail, Record, Value};
 
 /// Types generated from `schemas/bronze.proto`.
-#[allow(missing_docs, clippy::all, unreachable_pub, missing_debug_implementations)]
+#[allow(
+    missing_docs,
+    clippy::all,
+    unreachable_pub,
+    missing_debug_implementations
+)]
 pub mod bronze {
     include!(concat!(env!("OUT_DIR"), "/iot_connector.bronze.v1.rs"));
 }
@@ -112,10 +117,12 @@ fn value_columns(value: &Value) -> ValueColumns {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 fn i64_of(value: u64) -> i64 {
@@ -133,8 +140,11 @@ pub fn encode_row(connector_id: &str, source: &str, record: &Record) -> (Table, 
     let ingest_time = Some(record.ingest_time_us);
     let quality = Some(record.quality.as_str().to_owned());
     let value_type = Some(record.value.type_name().to_owned());
-    let ValueColumns { num: value_num, text: value_str, boolean: value_bool } =
-        value_columns(&record.value);
+    let ValueColumns {
+        num: value_num,
+        text: value_str,
+        boolean: value_bool,
+    } = value_columns(&record.value);
     let table = Table::of(&record.detail);
     let bytes = match &record.detail {
         Detail::Opcua(d) => bronze::OpcuaEvent {
@@ -223,7 +233,14 @@ mod tests {
     use crate::{ModbusDetail, Quality, StatusDetail, StatusEvent};
 
     fn record(value: Value, detail: Detail) -> Record {
-        Record { seq: 7, event_time_us: 1, ingest_time_us: 2, quality: Quality::Good, value, detail }
+        Record {
+            seq: 7,
+            event_time_us: 1,
+            ingest_time_us: 2,
+            quality: Quality::Good,
+            value,
+            detail,
+        }
     }
 
     #[test]
@@ -237,7 +254,10 @@ mod tests {
 
     #[test]
     fn data_rows_carry_record_id_and_exact_integers() {
-        let detail = Detail::Modbus(ModbusDetail { tag_name: "flow".into(), ..Default::default() });
+        let detail = Detail::Modbus(ModbusDetail {
+            tag_name: "flow".into(),
+            ..Default::default()
+        });
         let (table, bytes) = encode_row("c1", "boiler", &record(Value::UInt(u64::MAX), detail));
         assert_eq!(table, Table::Modbus);
         let row = bronze::ModbusEvent::decode(bytes.as_slice()).unwrap();

@@ -1,1 +1,24 @@
-//! placeholder
+//! `iot-connector-uplink`: the only process that holds the spool key and the Databricks
+//! credentials. It receives records from the workers over the data socket, persists them in the
+//! spool with group commit, acknowledges them only once they are durable, and forwards each table
+//! in order to Zerobus, deleting rows only after the server's durability acknowledgement.
+//!
+//! Trust: workers are untrusted (each may be compromised by its field network): a connection
+//! speaks only for the source its supervisor-issued token names, may write only that source's
+//! table, and is cut on the first protocol violation. The supervisor (control channel) is trusted.
+//! No `unsafe`.
+#![forbid(unsafe_code)]
+
+pub mod server;
+pub mod spool;
+pub mod writer;
+
+/// The `source_name` of the status rows the uplink writes itself (drops, dead letters).
+pub const UPLINK_SOURCE: &str = "_uplink";
+
+/// Microseconds since the epoch, UTC.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,118 @@
+//! The durable data path without the cloud: worker → data socket → uplink → spool.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should fail loudly
+
+use std::time::Duration;
+
+use iot_connector_proto::{SpoolPolicy, Table};
+use iot_connector_tests::{Uplink, read_acked, start_worker, uplink_settings, wait_until};
+use iot_connector_uplink::spool::{SealKey, Spool};
+
+const WORKER: &str = "iot-connector-testworker";
+
+fn open_spool(dir: &std::path::Path) -> Spool {
+    let key = SealKey::load_or_create(&dir.join("keys/spool.key")).unwrap();
+    Spool::open(
+        &dir.join("spool"),
+        Some(key),
+        1 << 30,
+        SpoolPolicy::DropOldest,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_record_is_in_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let acked = dir.path().join("acked");
+    let mut uplink = Uplink::start(uplink_settings(dir.path())).await.unwrap();
+    let config = format!(
+        "count = 20000\ntable = \"mqtt\"\nacked_file = {:?}\n",
+        acked.display().to_string()
+    );
+    let settings = uplink.grant("line1", Table::Mqtt, &config).await.unwrap();
+    let mut worker = start_worker(WORKER, settings).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || read_acked(&acked)
+            == Some(20000))
+        .await
+    );
+    worker.kill().await;
+    uplink.process.kill().await;
+
+    let spool = open_spool(dir.path());
+    assert_eq!(spool.last_seq("line1").unwrap(), Some(20000));
+    let rows = spool
+        .read(Table::Mqtt, None, usize::MAX, usize::MAX)
+        .unwrap();
+    assert_eq!(rows.len(), 20000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_worker_resumes_after_the_last_durable_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let acked = dir.path().join("acked");
+    let mut uplink = Uplink::start(uplink_settings(dir.path())).await.unwrap();
+    let config = format!(
+        "count = 30000\ntable = \"modbus\"\nacked_file = {:?}\n",
+        acked.display().to_string()
+    );
+    for _ in 0..3 {
+        let settings = uplink.grant("plc", Table::Modbus, &config).await.unwrap();
+        let mut worker = start_worker(WORKER, settings).await.unwrap();
+        let before = read_acked(&acked).unwrap_or(0);
+        wait_until(Duration::from_secs(30), || {
+            read_acked(&acked).unwrap_or(0) > before + 2000
+        })
+        .await;
+        worker.kill().await;
+    }
+    let settings = uplink.grant("plc", Table::Modbus, &config).await.unwrap();
+    let mut worker = start_worker(WORKER, settings).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || read_acked(&acked)
+            == Some(30000))
+        .await
+    );
+    worker.kill().await;
+    uplink.process.kill().await;
+
+    let spool = open_spool(dir.path());
+    let rows = spool
+        .read(Table::Modbus, None, usize::MAX, usize::MAX)
+        .unwrap();
+    let mut seqs: Vec<i64> = rows
+        .iter()
+        .map(|r| {
+            <iot_connector_proto::table::bronze::ModbusEvent as prost::Message>::decode(
+                r.row.as_slice(),
+            )
+            .unwrap()
+            .seq()
+        })
+        .collect();
+    let stored = seqs.len();
+    seqs.dedup();
+    assert_eq!(seqs.len(), stored, "a sequence number was stored twice");
+    assert_eq!(
+        seqs,
+        (1..=30000).collect::<Vec<i64>>(),
+        "every sequence number exactly once, in order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_a_wrong_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut uplink = Uplink::start(uplink_settings(dir.path())).await.unwrap();
+    let mut settings = uplink
+        .grant("line1", Table::Mqtt, "count = 10\ntable = \"mqtt\"\n")
+        .await
+        .unwrap();
+    settings.token = iot_connector_ipc::new_token();
+    let mut worker = start_worker(WORKER, settings).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    worker.kill().await;
+    uplink.process.kill().await;
+    let spool = open_spool(dir.path());
+    assert_eq!(spool.last_seq("line1").unwrap(), None);
+}

@@ -1,0 +1,246 @@
+//! Data connections: one per worker, bound to one source by the supervisor's per-spawn token and
+//! the kernel's peer credentials, never by the worker's word alone.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, mpsc},
+};
+
+use iot_connector_ipc::{
+    DataListener, DataStream, FrameReader, FrameWriter, IpcError, PeerIdentity, Phase, handshake,
+    tokens_match,
+};
+use iot_connector_proto::{Detail, Message, Record, Role, SourceGrant, Table, table::encode_row};
+use tokio::sync::oneshot;
+
+use crate::{spool::Incoming, writer::WriterRequest};
+
+/// Shared by every connection.
+#[derive(Debug)]
+pub struct Hub {
+    connector_id: String,
+    grants: Mutex<HashMap<String, SourceGrant>>,
+    /// The writer's queue, behind the same lock as the per-source generation counters: a batch is
+    /// queued only by the connection currently bound to its source, so that a new connection's
+    /// barrier sees every batch of the connection it replaced.
+    routes: Mutex<Routes>,
+}
+
+#[derive(Debug)]
+struct Routes {
+    writer: mpsc::Sender<WriterRequest>,
+    generations: HashMap<String, u64>,
+}
+
+impl Hub {
+    /// A hub feeding `writer`.
+    pub fn new(connector_id: String, writer: mpsc::Sender<WriterRequest>) -> Self {
+        Self {
+            connector_id,
+            grants: Mutex::default(),
+            routes: Mutex::new(Routes {
+                writer,
+                generations: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Authorises (or re-authorises, with a new token) a source.
+    pub fn grant(&self, grant: SourceGrant) {
+        lock(&self.grants).insert(grant.source.clone(), grant);
+    }
+
+    /// Accepts connections until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: DataListener) -> std::io::Result<()> {
+        loop {
+            let (stream, peer) = listener.accept().await?;
+            let hub = Arc::clone(&self);
+            tokio::spawn(async move {
+                if let Err(e) = hub.connection(stream, peer).await {
+                    tracing::warn!(pid = ?peer.pid, error = %e, "Data connection ended.");
+                }
+            });
+        }
+    }
+
+    async fn connection(&self, stream: DataStream, peer: PeerIdentity) -> Result<(), IpcError> {
+        let (mut reader, mut writer) = (FrameReader::new(&stream), FrameWriter::new(&stream));
+        handshake(&mut reader, &mut writer, Role::Uplink, Role::Worker).await?;
+        let Message::Bind { source, token } = reader.recv_in(Phase::UplinkAwaitingBind).await?
+        else {
+            return Err(IpcError::Handshake("expected Bind".into()));
+        };
+        let table = match self.authorise(&source, &token, peer) {
+            Ok(table) => table,
+            Err(reason) => {
+                tracing::error!(source = %source, pid = ?peer.pid, uid = ?peer.uid, reason = %reason, "Refused a data connection.");
+                writer
+                    .send(&Message::Refused {
+                        reason: reason.clone(),
+                    })
+                    .await?;
+                return Err(IpcError::Refused(reason));
+            }
+        };
+        let generation = self.supersede(&source);
+        let last_durable_seq = self.barrier(&source, generation).await?;
+        writer.send(&Message::Welcome { last_durable_seq }).await?;
+        tracing::info!(source = %source, pid = ?peer.pid, ?last_durable_seq, "Worker connected.");
+
+        // Acks go out in commit order from their own task, so reading never waits for a commit.
+        let (ack_tx, mut ack_rx) =
+            tokio::sync::mpsc::unbounded_channel::<(u64, oneshot::Receiver<Result<(), String>>)>();
+        let acker = async move {
+            while let Some((up_to_seq, done)) = ack_rx.recv().await {
+                let message = match done.await {
+                    Ok(Ok(())) => Message::Ack { up_to_seq },
+                    Ok(Err(reason)) => Message::Refused { reason },
+                    Err(_) => Message::Refused {
+                        reason: "uplink is shutting down".into(),
+                    },
+                };
+                let refused = matches!(message, Message::Refused { .. });
+                if writer.send(&message).await.is_err() || refused {
+                    break;
+                }
+            }
+        };
+        let receiving = async {
+            let result = self
+                .receive(&mut reader, &source, table, generation, &ack_tx)
+                .await;
+            drop(ack_tx);
+            result
+        };
+        tokio::join!(receiving, acker).0
+    }
+
+    fn authorise(&self, source: &str, token: &[u8], peer: PeerIdentity) -> Result<Table, String> {
+        let own_uid = nix::unistd::geteuid().as_raw();
+        if peer.uid != Some(own_uid) && peer.uid != Some(0) {
+            return Err(format!(
+                "peer uid {:?} is not the connector's uid {own_uid}",
+                peer.uid
+            ));
+        }
+        match lock(&self.grants).get(source) {
+            Some(grant) if tokens_match(&grant.token, token) => Ok(grant.table),
+            Some(_) => Err(format!(
+                "wrong token for source {source:?}: only the supervisor's current worker may connect"
+            )),
+            None => Err(format!("unknown source {source:?}")),
+        }
+    }
+
+    /// Makes this connection the source's only one; an older one stops queueing batches.
+    fn supersede(&self, source: &str) -> u64 {
+        let mut routes = lock(&self.routes);
+        let generation = routes.generations.entry(source.to_owned()).or_default();
+        *generation += 1;
+        *generation
+    }
+
+    async fn barrier(&self, source: &str, generation: u64) -> Result<Option<u64>, IpcError> {
+        let (reply, answer) = oneshot::channel();
+        self.route(
+            source,
+            generation,
+            WriterRequest::Barrier(source.to_owned(), reply),
+        )?;
+        answer
+            .await
+            .map_err(|_| IpcError::Refused("uplink is shutting down".into()))?
+            .map_err(IpcError::Refused)
+    }
+
+    fn route(&self, source: &str, generation: u64, request: WriterRequest) -> Result<(), IpcError> {
+        let routes = lock(&self.routes);
+        if routes.generations.get(source) != Some(&generation) {
+            return Err(IpcError::Refused(format!(
+                "a newer connection took over source {source:?}"
+            )));
+        }
+        routes
+            .writer
+            .send(request)
+            .map_err(|_| IpcError::Refused("uplink is shutting down".into()))
+    }
+
+    async fn receive<R: tokio::io::AsyncRead + Unpin>(
+        &self,
+        reader: &mut FrameReader<R>,
+        source: &str,
+        table: Table,
+        generation: u64,
+        acks: &tokio::sync::mpsc::UnboundedSender<(u64, oneshot::Receiver<Result<(), String>>)>,
+    ) -> Result<(), IpcError> {
+        let mut last_seq: Option<u64> = None;
+        loop {
+            let records = match reader.recv().await? {
+                None => return Ok(()),
+                Some(message) => match Phase::UplinkReceiving.check(message)? {
+                    Message::Batch(records) => records,
+                    other => {
+                        return Err(IpcError::Handshake(format!("unexpected {}", other.kind())));
+                    }
+                },
+            };
+            let Some(up_to_seq) = records.last().map(|r| r.seq) else {
+                continue;
+            };
+            let rows = self.rows(source, table, &records, &mut last_seq)?;
+            let (done, ack) = oneshot::channel();
+            self.route(
+                source,
+                generation,
+                WriterRequest::Append(
+                    Incoming {
+                        source: source.to_owned(),
+                        rows,
+                    },
+                    done,
+                ),
+            )?;
+            if acks.send((up_to_seq, ack)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Checks a batch (increasing sequence numbers, the granted table) and encodes its rows.
+    fn rows(
+        &self,
+        source: &str,
+        table: Table,
+        records: &[Record],
+        last_seq: &mut Option<u64>,
+    ) -> Result<Vec<(u64, Table, Vec<u8>)>, IpcError> {
+        let mut rows = Vec::with_capacity(records.len());
+        for record in records {
+            if last_seq.is_some_and(|last| record.seq <= last) {
+                return Err(IpcError::Handshake(format!(
+                    "source {source:?} sent seq {} after {last_seq:?}: sequence numbers must increase",
+                    record.seq
+                )));
+            }
+            *last_seq = Some(record.seq);
+            let record_table = Table::of(&record.detail);
+            if record_table != table && !matches!(record.detail, Detail::Status(_)) {
+                return Err(IpcError::Handshake(format!(
+                    "source {source:?} may write to {} only, not {}",
+                    table.key(),
+                    record_table.key()
+                )));
+            }
+            let (row_table, row) = encode_row(&self.connector_id, source, record);
+            rows.push((record.seq, row_table, row));
+        }
+        Ok(rows)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

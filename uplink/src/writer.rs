@@ -1,0 +1,136 @@
+//! Group commit: one thread owns the spool's write path. It takes every batch queued since its
+//! last commit, stores them in one durable transaction, and only then completes their
+//! acknowledgements. While one fsync runs, the next group queues up.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, mpsc},
+    time::Duration,
+};
+
+use iot_connector_proto::{
+    Detail, Quality, Record, SpoolPolicy, StatusDetail, StatusEvent, Value, table::encode_row,
+};
+use tokio::sync::{Notify, oneshot};
+
+use crate::{
+    UPLINK_SOURCE,
+    spool::{Incoming, Spool},
+};
+
+/// Batches per commit at most, so that one commit's latency stays bounded.
+const MAX_GROUP: usize = 256;
+/// How often a `block`ed group retries while the spool is full.
+const BLOCKED_RETRY: Duration = Duration::from_millis(50);
+
+/// A request to the writer thread.
+#[derive(Debug)]
+pub enum WriterRequest {
+    /// Store a batch; the reply comes after the durable commit.
+    Append(Incoming, oneshot::Sender<Result<(), String>>),
+    /// Reply with the source's last durable sequence number once everything queued earlier is
+    /// committed.
+    Barrier(String, oneshot::Sender<Result<Option<u64>, String>>),
+}
+
+/// Runs the writer until every sender is gone. `committed` is notified after each commit.
+pub fn run(
+    spool: Arc<Spool>,
+    connector_id: String,
+    requests: mpsc::Receiver<WriterRequest>,
+    committed: Arc<Notify>,
+) {
+    let status_row = move |count: u64, policy: SpoolPolicy| {
+        let now = crate::now_us();
+        let record = Record {
+            seq: 0,
+            event_time_us: now,
+            ingest_time_us: now,
+            quality: Quality::Good,
+            value: Value::Null,
+            detail: Detail::Status(StatusDetail {
+                event: StatusEvent::Dropped,
+                detail: format!("spool full: policy {policy:?} dropped {count} records"),
+                count,
+            }),
+        };
+        tracing::error!(count, ?policy, "Spool full: records dropped.");
+        encode_row(&connector_id, UPLINK_SOURCE, &record).1
+    };
+    let mut pending: VecDeque<WriterRequest> = VecDeque::new();
+    loop {
+        if pending.is_empty() {
+            match requests.recv() {
+                Ok(request) => pending.push_back(request),
+                Err(_) => return,
+            }
+        }
+        while pending.len() < MAX_GROUP {
+            match requests.try_recv() {
+                Ok(request) => pending.push_back(request),
+                Err(_) => break,
+            }
+        }
+        let blocked = commit_group(&spool, &mut pending, &status_row);
+        committed.notify_waiters();
+        if blocked {
+            // `block` policy and the spool is full: wait for the forwarder to free space, then
+            // retry the same group, in order, before anything newer.
+            std::thread::sleep(BLOCKED_RETRY);
+            while let Ok(request) = requests.try_recv() {
+                pending.push_back(request);
+            }
+        }
+    }
+}
+
+/// Commits the appends at the front of `pending` up to the first barrier, answers that barrier,
+/// and returns whether the spool refused some batches for lack of room.
+fn commit_group(
+    spool: &Spool,
+    pending: &mut VecDeque<WriterRequest>,
+    status_row: &dyn Fn(u64, SpoolPolicy) -> Vec<u8>,
+) -> bool {
+    let appends = pending
+        .iter()
+        .take_while(|r| matches!(r, WriterRequest::Append(..)))
+        .count();
+    let batches: Vec<Incoming> = pending
+        .iter()
+        .take(appends)
+        .filter_map(|r| match r {
+            WriterRequest::Append(batch, _) => Some(batch.clone()),
+            WriterRequest::Barrier(..) => None,
+        })
+        .collect();
+    let (committed, failure) = if batches.is_empty() {
+        (0, None)
+    } else {
+        match spool.append(&batches, status_row) {
+            Ok(outcome) => {
+                if outcome.duplicates > 0 {
+                    tracing::debug!(duplicates = outcome.duplicates, "Dropped re-sent records.");
+                }
+                (outcome.committed, None)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Spool commit failed; batches are refused and will be re-sent.");
+                (appends, Some(e.to_string()))
+            }
+        }
+    };
+    for request in pending.drain(..committed) {
+        if let WriterRequest::Append(_, done) = request {
+            let _ = done.send(failure.clone().map_or(Ok(()), Err));
+        }
+    }
+    if committed < appends {
+        return true;
+    }
+    if matches!(pending.front(), Some(WriterRequest::Barrier(..)))
+        && let Some(WriterRequest::Barrier(source, reply)) = pending.pop_front()
+    {
+        let _ = reply.send(spool.last_seq(&source).map_err(|e| e.to_string()));
+    }
+    false
+}

@@ -1,0 +1,388 @@
+//! The worker's connection to the uplink: sequence numbers, batching, the window of
+//! unacknowledged records, and reconnection.
+
+use std::{
+    collections::VecDeque,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use iot_connector_ipc::{FrameReader, FrameWriter, IpcError, Phase, connect_data, handshake};
+use iot_connector_proto::{Detail, Message, Quality, Record, Role, Value, WorkerSettings};
+use tokio::{
+    io::{ReadHalf, WriteHalf},
+    sync::{Semaphore, mpsc, watch},
+    time::Instant,
+};
+
+use crate::{Backoff, now_us};
+
+type Stream = iot_connector_ipc::DataStream;
+
+/// Tuning of the connection to the uplink.
+#[derive(Debug, Clone)]
+pub struct SinkOptions {
+    /// Records pushed but not yet durable at most; a full window makes [`Sink::push`] wait.
+    pub window: usize,
+    /// Records per batch at most.
+    pub max_batch: usize,
+    /// Approximate bytes per batch at most (well under the IPC frame limit).
+    pub max_batch_bytes: usize,
+    /// How long the first record of a batch waits for company.
+    pub linger: Duration,
+}
+
+impl Default for SinkOptions {
+    fn default() -> Self {
+        Self {
+            window: 8192,
+            max_batch: 512,
+            max_batch_bytes: 1 << 20,
+            linger: Duration::from_millis(5),
+        }
+    }
+}
+
+/// The window is full: the uplink has not yet made enough earlier records durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the window of unacknowledged records is full")]
+pub struct WindowFull;
+
+/// Where a worker pushes its records. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Sink {
+    window: Arc<Semaphore>,
+    /// The next sequence number and the queue, under one lock so queue order is sequence order.
+    next: Mutex<(u64, mpsc::UnboundedSender<Record>)>,
+    acked: watch::Receiver<Option<u64>>,
+}
+
+impl Sink {
+    /// Connects to the uplink (retrying with backoff until it answers) and starts the
+    /// connection task. Sequence numbers continue after the uplink's last durable one.
+    pub async fn connect(settings: &WorkerSettings, options: SinkOptions) -> Self {
+        let link = Link {
+            path: PathBuf::from(&settings.data_socket),
+            source: settings.source.clone(),
+            token: settings.token.clone(),
+        };
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        let (connection, last_durable) = link.connect_until_welcome(&mut backoff).await;
+        let (queue, records) = mpsc::unbounded_channel();
+        let (acked_tx, acked) = watch::channel(last_durable);
+        let window = Arc::new(Semaphore::new(options.window));
+        let client = Client {
+            link,
+            options,
+            records,
+            window: VecDeque::new(),
+            sent: 0,
+            permits: Arc::clone(&window),
+            acked: acked_tx,
+            backoff,
+        };
+        tokio::spawn(client.run(connection));
+        let first = last_durable.map_or(1, |s| s + 1);
+        Self {
+            window,
+            next: Mutex::new((first, queue)),
+            acked,
+        }
+    }
+
+    /// Queues a record, waiting while the window is full (backpressure). Returns its sequence
+    /// number.
+    pub async fn push(
+        &self,
+        event_time_us: i64,
+        quality: Quality,
+        value: Value,
+        detail: Detail,
+    ) -> u64 {
+        if let Ok(permit) = self.window.acquire().await {
+            permit.forget();
+        }
+        self.enqueue(event_time_us, quality, value, detail)
+    }
+
+    /// Queues a record if the window has room, for sources that must not wait (a Modbus scan is
+    /// skipped and counted instead).
+    pub fn try_push(
+        &self,
+        event_time_us: i64,
+        quality: Quality,
+        value: Value,
+        detail: Detail,
+    ) -> Result<u64, WindowFull> {
+        self.window.try_acquire().map_err(|_| WindowFull)?.forget();
+        Ok(self.enqueue(event_time_us, quality, value, detail))
+    }
+
+    fn enqueue(&self, event_time_us: i64, quality: Quality, value: Value, detail: Detail) -> u64 {
+        let mut next = self
+            .next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let seq = next.0;
+        next.0 += 1;
+        let record = Record {
+            seq,
+            event_time_us,
+            ingest_time_us: now_us(),
+            quality,
+            value,
+            detail,
+        };
+        // The connection task only ends when every sink is gone, so this cannot fail while `self` lives.
+        let _ = next.1.send(record);
+        seq
+    }
+
+    /// The sequence number the next pushed record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
+    }
+
+    /// Durable-ack notifications: the highest sequence number the uplink holds durably.
+    pub fn acked(&self) -> watch::Receiver<Option<u64>> {
+        self.acked.clone()
+    }
+
+    /// Waits until every record pushed so far is durable.
+    pub async fn flush(&self) {
+        let last = self.next_seq() - 1;
+        let mut acked = self.acked();
+        let _ = acked
+            .wait_for(|a| a.is_some_and(|a| a >= last) || last == 0)
+            .await;
+    }
+}
+
+/// How to reach the uplink.
+#[derive(Debug, Clone)]
+struct Link {
+    path: PathBuf,
+    source: String,
+    token: Vec<u8>,
+}
+
+struct Connection {
+    writer: FrameWriter<WriteHalf<Stream>>,
+    acks: mpsc::UnboundedReceiver<Result<u64, IpcError>>,
+}
+
+impl Link {
+    async fn connect(&self) -> Result<(Connection, Option<u64>), IpcError> {
+        let stream = connect_data(&self.path).await?;
+        let (rx, tx) = tokio::io::split(stream);
+        let (mut reader, mut writer) = (FrameReader::new(rx), FrameWriter::new(tx));
+        handshake(&mut reader, &mut writer, Role::Worker, Role::Uplink).await?;
+        writer
+            .send(&Message::Bind {
+                source: self.source.clone(),
+                token: self.token.clone(),
+            })
+            .await?;
+        let Message::Welcome { last_durable_seq } =
+            reader.recv_in(Phase::WorkerAwaitingWelcome).await?
+        else {
+            return Err(IpcError::Handshake("expected Welcome".into()));
+        };
+        let (ack_tx, acks) = mpsc::unbounded_channel();
+        tokio::spawn(read_acks(reader, ack_tx));
+        Ok((Connection { writer, acks }, last_durable_seq))
+    }
+
+    async fn connect_until_welcome(&self, backoff: &mut Backoff) -> (Connection, Option<u64>) {
+        loop {
+            match self.connect().await {
+                Ok(connected) => {
+                    backoff.reset();
+                    return connected;
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(source = %self.source, error = %e, retry_ms = delay.as_millis(), "Uplink not reachable.");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+async fn read_acks(
+    mut reader: FrameReader<ReadHalf<Stream>>,
+    acks: mpsc::UnboundedSender<Result<u64, IpcError>>,
+) {
+    loop {
+        let ack = match reader.recv_in(Phase::WorkerStreaming).await {
+            Ok(Message::Ack { up_to_seq }) => Ok(up_to_seq),
+            Ok(other) => Err(IpcError::Handshake(format!("unexpected {}", other.kind()))),
+            Err(e) => Err(e),
+        };
+        let failed = ack.is_err();
+        if acks.send(ack).is_err() || failed {
+            return;
+        }
+    }
+}
+
+struct Client {
+    link: Link,
+    options: SinkOptions,
+    records: mpsc::UnboundedReceiver<Record>,
+    /// Pushed and not yet durable, in sequence order; the first `sent` went out on this connection.
+    window: VecDeque<Record>,
+    sent: usize,
+    permits: Arc<Semaphore>,
+    acked: watch::Sender<Option<u64>>,
+    backoff: Backoff,
+}
+
+impl Client {
+    async fn run(mut self, first: Connection) {
+        let mut connection = Some(first);
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let Some(conn) = connection.as_mut() else {
+                let (conn, last_durable) = self.link.connect_until_welcome(&mut self.backoff).await;
+                self.ack_through(last_durable);
+                self.sent = 0;
+                tracing::info!(source = %self.link.source, resend = self.window.len(), "Reconnected to the uplink.");
+                connection = Some(conn);
+                deadline = (!self.window.is_empty()).then(Instant::now);
+                continue;
+            };
+            let linger = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                record = self.records.recv() => match record {
+                    Some(record) => {
+                        self.window.push_back(record);
+                        deadline.get_or_insert_with(|| Instant::now() + self.options.linger);
+                    }
+                    None if self.window.is_empty() => return,
+                    None => deadline = Some(Instant::now()),
+                },
+                ack = conn.acks.recv() => match ack {
+                    Some(Ok(up_to)) => self.ack_through(Some(up_to)),
+                    Some(Err(e)) => {
+                        tracing::warn!(source = %self.link.source, error = %e, "Lost the uplink; will resend the unacknowledged window.");
+                        connection = None;
+                    }
+                    None => connection = None,
+                },
+                () = tokio::time::sleep_until(linger), if deadline.is_some() => {
+                    if self.send_batches(conn, true).await.is_err() {
+                        connection = None;
+                    }
+                    deadline = None;
+                }
+            }
+            if let Some(conn) = connection.as_mut()
+                && self.window.len() - self.sent >= self.options.max_batch
+            {
+                if self.send_batches(conn, false).await.is_err() {
+                    connection = None;
+                }
+                deadline =
+                    (self.window.len() > self.sent).then(|| Instant::now() + self.options.linger);
+            }
+        }
+    }
+
+    /// Sends the unsent part of the window in batches; a partial last batch only when `all`.
+    async fn send_batches(&mut self, conn: &mut Connection, all: bool) -> Result<(), IpcError> {
+        while let Ok(record) = self.records.try_recv() {
+            self.window.push_back(record);
+        }
+        while self.sent < self.window.len() {
+            let mut bytes = 0;
+            let batch: Vec<Record> = self
+                .window
+                .iter()
+                .skip(self.sent)
+                .take(self.options.max_batch)
+                .take_while(|r| {
+                    bytes += approx_len(r);
+                    bytes <= self.options.max_batch_bytes
+                })
+                .cloned()
+                .collect();
+            let batch = if batch.is_empty() {
+                self.window
+                    .iter()
+                    .skip(self.sent)
+                    .take(1)
+                    .cloned()
+                    .collect()
+            } else {
+                batch
+            };
+            if batch.len() < self.options.max_batch && !all && bytes <= self.options.max_batch_bytes
+            {
+                return Ok(());
+            }
+            let n = batch.len();
+            conn.writer.send(&Message::Batch(batch)).await?;
+            self.sent += n;
+        }
+        Ok(())
+    }
+
+    fn ack_through(&mut self, up_to: Option<u64>) {
+        let Some(up_to) = up_to else { return };
+        let mut released = 0;
+        while self.window.front().is_some_and(|r| r.seq <= up_to) {
+            self.window.pop_front();
+            released += 1;
+        }
+        self.sent = self.sent.saturating_sub(released);
+        self.permits.add_permits(released);
+        self.acked.send_if_modified(|acked| {
+            let newer = acked.is_none_or(|a| up_to > a);
+            if newer {
+                *acked = Some(up_to);
+            }
+            newer
+        });
+    }
+}
+
+/// A cheap upper estimate of a record's encoded size, to keep batches under the frame limit.
+fn approx_len(record: &Record) -> usize {
+    let detail = match &record.detail {
+        Detail::Opcua(d) => {
+            d.endpoint.len()
+                + d.node_id.len()
+                + d.namespace_uri.len()
+                + d.browse_path.len()
+                + d.display_name.len()
+        }
+        Detail::Mqtt(d) => {
+            d.broker.len()
+                + d.topic.len()
+                + d.payload.len()
+                + d.payload_format.len()
+                + d.parse_error.as_ref().map_or(0, String::len)
+        }
+        Detail::Modbus(d) => {
+            d.device.len()
+                + d.register_kind.len()
+                + d.tag_name.len()
+                + d.data_type.len()
+                + d.raw.len()
+                + d.unit.len()
+        }
+        Detail::Status(d) => d.detail.len(),
+    };
+    let value = match &record.value {
+        Value::Str(s) | Value::Json(s) => s.len(),
+        Value::Bytes(b) => b.len(),
+        _ => 0,
+    };
+    64 + detail + value
+}
