@@ -8,12 +8,14 @@
 //! child between fork and exec), each block with its `SAFETY:` argument.
 #![deny(unsafe_code)]
 
+mod backoff;
 mod exit;
 mod frame;
 pub mod os;
 mod phase;
 mod socket;
 
+pub use backoff::Backoff;
 pub use exit::ExitStatus;
 pub use frame::{FrameReader, FrameWriter, MAX_FRAME_BYTES, decode, encode};
 pub use phase::{Phase, handshake};

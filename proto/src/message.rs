@@ -113,6 +113,9 @@ pub struct UplinkSettings {
     pub key_file: Option<String>,
     /// Where to forward to; `None` keeps everything in the spool.
     pub zerobus: Option<ZerobusSettings>,
+    /// The sources already authorised when the uplink (re)starts, so that running workers
+    /// reconnect without waiting for [`Message::Grant`]s.
+    pub grants: Vec<SourceGrant>,
 }
 
 /// What the spool does when it reaches `max_bytes`.

@@ -11,7 +11,9 @@ use std::{
 };
 
 use iot_connector_ipc::{FrameReader, FrameWriter, IpcError, Phase, handshake, new_token, os};
-use iot_connector_proto::{Message, Role, SourceGrant, Table, UplinkSettings, WorkerSettings};
+use iot_connector_proto::{
+    Message, Role, SourceGrant, Table, UplinkSettings, WorkerSettings, ZerobusSettings,
+};
 use tokio::{
     net::unix::{OwnedReadHalf, OwnedWriteHalf},
     process::{Child, Command},
@@ -44,12 +46,24 @@ pub struct Process {
 }
 
 impl Process {
-    async fn spawn(binary: &str, role: Role, configure: Message) -> Result<Self, IpcError> {
+    async fn spawn(
+        binary: &str,
+        role: Role,
+        configure: Message,
+        log: Option<&Path>,
+    ) -> Result<Self, IpcError> {
         let mut command = Command::new(bin(binary));
         command.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
         );
+        if let Some(log) = log {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)?;
+            command.stderr(file);
+        }
         let (child, control) = os::spawn_with_control(&mut command)?;
         let (rx, tx) = control.into_split();
         let mut process = Self {
@@ -90,18 +104,48 @@ pub struct Uplink {
     pub process: Process,
     /// The settings it was started with.
     pub settings: UplinkSettings,
+    log: Option<PathBuf>,
+    grants: Vec<SourceGrant>,
 }
 
 impl Uplink {
     /// Starts `iot-connector-uplink` and waits until it is ready.
     pub async fn start(settings: UplinkSettings) -> Result<Self, IpcError> {
-        let process = Process::spawn(
+        Self::start_logging_to(settings, None).await
+    }
+
+    /// Like [`Uplink::start`], appending the uplink's log lines to `log`.
+    pub async fn start_logging_to(
+        settings: UplinkSettings,
+        log: Option<&Path>,
+    ) -> Result<Self, IpcError> {
+        let configure = Message::ConfigureUplink(Box::new(settings.clone()));
+        let process = Process::spawn("iot-connector-uplink", Role::Uplink, configure, log).await?;
+        Ok(Self {
+            process,
+            settings,
+            log: log.map(Path::to_path_buf),
+            grants: Vec::new(),
+        })
+    }
+
+    /// SIGKILLs the uplink and starts a new one on the same spool with every current grant, as
+    /// the supervisor does.
+    pub async fn kill_and_restart(&mut self) -> Result<(), IpcError> {
+        self.process.kill().await;
+        let settings = UplinkSettings {
+            grants: self.grants.clone(),
+            ..self.settings.clone()
+        };
+        let configure = Message::ConfigureUplink(Box::new(settings));
+        self.process = Process::spawn(
             "iot-connector-uplink",
             Role::Uplink,
-            Message::ConfigureUplink(Box::new(settings.clone())),
+            configure,
+            self.log.as_deref(),
         )
         .await?;
-        Ok(Self { process, settings })
+        Ok(())
     }
 
     /// Authorises `source` for `table` and returns the worker settings carrying its new token.
@@ -117,7 +161,12 @@ impl Uplink {
             table,
             token: token.clone(),
         };
-        self.process.writer.send(&Message::Grant(grant)).await?;
+        self.process
+            .writer
+            .send(&Message::Grant(grant.clone()))
+            .await?;
+        self.grants.retain(|g| g.source != source);
+        self.grants.push(grant);
         Ok(WorkerSettings {
             connector_id: self.settings.connector_id.clone(),
             source: source.to_owned(),
@@ -130,7 +179,13 @@ impl Uplink {
 
 /// Starts a worker binary with its settings and waits until it is ready.
 pub async fn start_worker(binary: &str, settings: WorkerSettings) -> Result<Process, IpcError> {
-    Process::spawn(binary, Role::Worker, Message::ConfigureWorker(settings)).await
+    Process::spawn(
+        binary,
+        Role::Worker,
+        Message::ConfigureWorker(settings),
+        None,
+    )
+    .await
 }
 
 /// Uplink settings for a test directory: spool under `dir/spool`, key under `dir/keys`.
@@ -143,6 +198,7 @@ pub fn uplink_settings(dir: &Path) -> UplinkSettings {
         full_policy: iot_connector_proto::SpoolPolicy::DropOldest,
         key_file: Some(dir.join("keys/spool.key").display().to_string()),
         zerobus: None,
+        grants: Vec::new(),
     }
 }
 
@@ -163,4 +219,26 @@ pub async fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     condition()
+}
+
+/// The three-part table names the tests forward to, in [`Table::ALL`] order.
+pub const TABLES: [&str; 4] = [
+    "main.bronze.opcua_events",
+    "main.bronze.mqtt_events",
+    "main.bronze.modbus_events",
+    "main.bronze.connector_status",
+];
+
+/// Zerobus settings pointing at a local emulator, trusted through its CA like a corporate CA.
+pub fn zerobus_settings(emulator: &iot_connector_sim_zerobus::Emulator) -> ZerobusSettings {
+    ZerobusSettings {
+        endpoint: emulator.grpc_url().to_owned(),
+        workspace_url: emulator.oauth_url().to_owned(),
+        client_id: "test-principal".into(),
+        client_secret: "test-secret".into(),
+        ca_pem: Some(emulator.ca_pem().to_owned()),
+        proxy: None,
+        no_proxy: Vec::new(),
+        tables: TABLES.map(str::to_owned),
+    }
 }

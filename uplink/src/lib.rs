@@ -9,6 +9,8 @@
 //! No `unsafe`.
 #![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod forward;
 pub mod server;
 pub mod spool;
 pub mod writer;

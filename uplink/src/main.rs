@@ -23,6 +23,8 @@ enum UplinkError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Forward(#[from] iot_connector_uplink::forward::ForwardError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -34,6 +36,7 @@ impl UplinkError {
             Self::Spool(
                 SpoolError::Key { .. } | SpoolError::Format { .. } | SpoolError::Decrypt(_),
             ) => ExitStatus::Config,
+            Self::Forward(_) => ExitStatus::Config,
             Self::Spool(_) | Self::Listen { .. } | Self::Runtime(_) => ExitStatus::OsErr,
         }
     }
@@ -119,7 +122,17 @@ async fn start(settings: &UplinkSettings) -> Result<Arc<Hub>, UplinkError> {
             path: settings.data_socket.clone(),
             source,
         })?;
+    if let Some(zerobus) = &settings.zerobus {
+        iot_connector_uplink::forward::start(&spool, zerobus, &committed)?;
+    }
+    tokio::spawn(compact_when_drained(
+        Arc::clone(&spool),
+        Path::new(&settings.spool_dir).join("spool.redb"),
+    ));
     let hub = Arc::new(Hub::new(settings.connector_id.clone(), requests));
+    for grant in &settings.grants {
+        hub.grant(grant.clone());
+    }
     let serving = Arc::clone(&hub);
     tokio::spawn(async move {
         if let Err(e) = serving.serve(listener).await {
@@ -127,4 +140,23 @@ async fn start(settings: &UplinkSettings) -> Result<Arc<Hub>, UplinkError> {
         }
     });
     Ok(hub)
+}
+
+/// redb keeps its file at the high-water mark; once everything is forwarded, give the disk back.
+async fn compact_when_drained(spool: Arc<Spool>, file: std::path::PathBuf) {
+    const SLACK_BYTES: u64 = 4 << 20;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let drained = spool.stats().is_ok_and(|s| s.rows.iter().all(|r| *r == 0));
+        let large = std::fs::metadata(&file).is_ok_and(|m| m.len() > SLACK_BYTES);
+        if drained && large {
+            let spool = Arc::clone(&spool);
+            match tokio::task::spawn_blocking(move || spool.compact()).await {
+                Ok(Ok(_)) => tracing::info!("Compacted the drained spool."),
+                Ok(Err(e)) => tracing::warn!(error = %e, "Spool compaction failed."),
+                Err(_) => {}
+            }
+        }
+    }
 }

@@ -8,10 +8,9 @@
 //! bounded decoder of `iot-connector-ipc`. No `unsafe`.
 #![forbid(unsafe_code)]
 
-mod backoff;
 mod uplink;
 
-pub use backoff::Backoff;
+pub use iot_connector_ipc::Backoff;
 pub use uplink::{Sink, SinkOptions, WindowFull};
 
 use iot_connector_ipc::{ExitStatus, FrameReader, FrameWriter, IpcError, Phase, handshake, os};

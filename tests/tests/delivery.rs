@@ -1,0 +1,427 @@
+//! The whole data path against the Zerobus emulator and the real SDK over TLS: worker → uplink →
+//! spool → Zerobus, with the faults the service really has.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should fail loudly
+
+use std::{collections::HashSet, path::Path, time::Duration};
+
+use iot_connector_proto::Table;
+use iot_connector_sim_zerobus::{Emulator, EmulatorOptions};
+use iot_connector_tests::{
+    TABLES, Uplink, read_acked, start_worker, uplink_settings, wait_until, zerobus_settings,
+};
+
+const WORKER: &str = "iot-connector-testworker";
+const MQTT: &str = TABLES[1];
+
+async fn emulator() -> Emulator {
+    iot_connector_sim_zerobus::start(EmulatorOptions::default())
+        .await
+        .unwrap()
+}
+
+fn worker_config(count: u64, acked: &Path) -> String {
+    format!(
+        "count = {count}\ntable = \"mqtt\"\nacked_file = {:?}\n",
+        acked.display().to_string()
+    )
+}
+
+fn expected_ids(source: &str, count: u64) -> HashSet<String> {
+    (1..=count)
+        .map(|seq| format!("test-connector/{source}/{seq}"))
+        .collect()
+}
+
+fn spool_file_len(dir: &Path) -> u64 {
+    std::fs::metadata(dir.join("spool/spool.redb"))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_run_delivers_every_record_and_drains_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let zerobus = emulator().await;
+    let acked = dir.path().join("acked");
+    let mut settings = uplink_settings(dir.path());
+    settings.zerobus = Some(zerobus_settings(&zerobus));
+    let mut uplink = Uplink::start(settings).await.unwrap();
+    let worker_settings = uplink
+        .grant("line1", Table::Mqtt, &worker_config(100_000, &acked))
+        .await
+        .unwrap();
+    let mut worker = start_worker(WORKER, worker_settings).await.unwrap();
+
+    let state = zerobus.state().clone();
+    assert!(
+        state
+            .wait_until(Duration::from_secs(120), |s| s.record_ids(MQTT).len()
+                >= 100_000)
+            .await,
+        "only {} rows arrived",
+        state.record_ids(MQTT).len()
+    );
+    let ids: HashSet<String> = state.record_ids(MQTT).into_iter().collect();
+    assert_eq!(ids, expected_ids("line1", 100_000));
+    let row = state.rows(MQTT).into_iter().next().unwrap();
+    assert_eq!(row["source_name"], "line1");
+    assert_eq!(row["topic"], "test/seq");
+    assert!(row["value_str"].as_str().unwrap().ends_with(":1"));
+    assert_eq!(read_acked(&acked), Some(100_000));
+
+    let peak = spool_file_len(dir.path());
+    assert!(
+        wait_until(Duration::from_secs(30), || spool_file_len(dir.path())
+            < peak / 2)
+        .await,
+        "the drained spool did not give disk back: {} bytes of a {peak}-byte peak",
+        spool_file_len(dir.path())
+    );
+    worker.kill().await;
+    uplink.process.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_zerobus_fills_the_spool_and_drains_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let zerobus = emulator().await;
+    zerobus.faults().update(|f| f.down = true);
+    let acked = dir.path().join("acked");
+    let mut settings = uplink_settings(dir.path());
+    settings.zerobus = Some(zerobus_settings(&zerobus));
+    let mut uplink = Uplink::start(settings).await.unwrap();
+    let worker_settings = uplink
+        .grant("line1", Table::Mqtt, &worker_config(20_000, &acked))
+        .await
+        .unwrap();
+    let mut worker = start_worker(WORKER, worker_settings).await.unwrap();
+
+    // The worker keeps being acknowledged while Zerobus is down: the spool holds everything.
+    assert!(
+        wait_until(Duration::from_secs(30), || read_acked(&acked)
+            == Some(20_000))
+        .await
+    );
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(zerobus.state().row_count(MQTT), 0);
+
+    zerobus.faults().update(|f| f.down = false);
+    let state = zerobus.state().clone();
+    assert!(
+        state
+            .wait_until(Duration::from_secs(90), |s| s.row_count(MQTT) >= 20_000)
+            .await,
+        "only {} rows arrived after the outage",
+        state.row_count(MQTT)
+    );
+    let ids: HashSet<String> = state.record_ids(MQTT).into_iter().collect();
+    assert_eq!(ids, expected_ids("line1", 20_000));
+    worker.kill().await;
+    uplink.process.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_keep_data_in_the_spool_and_retry_slowly() {
+    let dir = tempfile::tempdir().unwrap();
+    let zerobus = emulator().await;
+    zerobus.faults().update(|f| f.oauth_status = Some(401));
+    let acked = dir.path().join("acked");
+    let log = dir.path().join("uplink.log");
+    let mut settings = uplink_settings(dir.path());
+    settings.zerobus = Some(zerobus_settings(&zerobus));
+    let mut uplink = Uplink::start_logging_to(settings, Some(&log))
+        .await
+        .unwrap();
+    let worker_settings = uplink
+        .grant("line1", Table::Mqtt, &worker_config(5_000, &acked))
+        .await
+        .unwrap();
+    let mut worker = start_worker(WORKER, worker_settings).await.unwrap();
+
+    assert!(
+        wait_until(Duration::from_secs(30), || read_acked(&acked)
+            == Some(5_000))
+        .await
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let state = zerobus.state().clone();
+    assert_eq!(state.row_count(MQTT), 0);
+    // Slow retries: a hot loop would have made hundreds of token requests by now.
+    let calls = state.oauth_calls();
+    assert!((1..=6).contains(&calls), "{calls} token requests in 8 s");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let alert = text
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains("refused the credentials"));
+    let alert = alert.expect("an ERROR line about the refused credentials");
+    assert!(
+        alert.contains("test-principal") && alert.contains(zerobus.oauth_url()),
+        "{alert}"
+    );
+
+    zerobus.faults().update(|f| f.oauth_status = None);
+    assert!(
+        state
+            .wait_until(Duration::from_secs(60), |s| s.row_count(MQTT) >= 5_000)
+            .await,
+        "delivery did not resume: {} rows",
+        state.row_count(MQTT)
+    );
+    worker.kill().await;
+    uplink.process.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_is_dead_lettered_and_every_other_record_lands() {
+    let dir = tempfile::tempdir().unwrap();
+    let zerobus = emulator().await;
+    let poison = "test-connector/line1/1234".to_owned();
+    zerobus
+        .faults()
+        .update(|f| f.poison_record_id = Some(poison.clone()));
+    let acked = dir.path().join("acked");
+    let mut settings = uplink_settings(dir.path());
+    settings.zerobus = Some(zerobus_settings(&zerobus));
+    let mut uplink = Uplink::start(settings).await.unwrap();
+    let worker_settings = uplink
+        .grant("line1", Table::Mqtt, &worker_config(5_000, &acked))
+        .await
+        .unwrap();
+    let mut worker = start_worker(WORKER, worker_settings).await.unwrap();
+
+    let state = zerobus.state().clone();
+    let mut expected = expected_ids("line1", 5_000);
+    expected.remove(&poison);
+    assert!(
+        state
+            .wait_until(Duration::from_secs(90), |s| {
+                s.record_ids(MQTT).into_iter().collect::<HashSet<_>>() == expected
+            })
+            .await,
+        "{} of {} rows arrived",
+        state
+            .record_ids(MQTT)
+            .into_iter()
+            .collect::<HashSet<_>>()
+            .len(),
+        expected.len()
+    );
+    worker.kill().await;
+    uplink.process.kill().await;
+
+    let key =
+        iot_connector_uplink::spool::SealKey::load_or_create(&dir.path().join("keys/spool.key"))
+            .unwrap();
+    let spool = iot_connector_uplink::spool::Spool::open(
+        &dir.path().join("spool"),
+        Some(key),
+        1 << 30,
+        iot_connector_proto::SpoolPolicy::DropOldest,
+    )
+    .unwrap();
+    let dead = spool.dead_letters().unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let row = <iot_connector_proto::table::bronze::MqttEvent as prost::Message>::decode(
+        dead[0].row.as_slice(),
+    )
+    .unwrap();
+    assert_eq!(row.record_id(), poison);
+    assert!(
+        dead[0].reason.contains(&poison),
+        "the server's reason: {}",
+        dead[0].reason
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_uplink_at_random_moments_loses_no_acknowledged_record() {
+    const COUNT: u64 = 200_000;
+    const KILLS: u64 = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let zerobus = emulator().await;
+    let acked = dir.path().join("acked");
+    let mut settings = uplink_settings(dir.path());
+    settings.zerobus = Some(zerobus_settings(&zerobus));
+    let mut uplink = Uplink::start(settings).await.unwrap();
+    let worker_settings = uplink
+        .grant("line1", Table::Mqtt, &worker_config(COUNT, &acked))
+        .await
+        .unwrap();
+    let mut worker = start_worker(WORKER, worker_settings).await.unwrap();
+
+    let mut acked_before_kill = Vec::new();
+    for _ in 0..KILLS {
+        tokio::time::sleep(Duration::from_millis(rand::random_range(20..300))).await;
+        acked_before_kill.push(read_acked(&acked).unwrap_or(0));
+        // A restart that fails to reopen the spool fails here.
+        uplink.kill_and_restart().await.unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(120), || read_acked(&acked)
+            == Some(COUNT))
+        .await,
+        "the worker stalled at {:?}",
+        read_acked(&acked)
+    );
+    let state = zerobus.state().clone();
+    let arrived = |s: &iot_connector_sim_zerobus::SimState| {
+        s.record_ids(MQTT).into_iter().collect::<HashSet<_>>() == expected_ids("line1", COUNT)
+    };
+    assert!(
+        state.wait_until(Duration::from_secs(120), arrived).await,
+        "{} distinct of {COUNT} records arrived",
+        state
+            .record_ids(MQTT)
+            .into_iter()
+            .collect::<HashSet<_>>()
+            .len()
+    );
+    // Every kill may replay what was in flight to Zerobus (16 batches of at most 2000 rows) and
+    // nothing else: the worker's resent window is deduplicated by the uplink.
+    let duplicates = state.row_count(MQTT) as u64 - COUNT;
+    println!(
+        "kills={KILLS} duplicates={duplicates} acked_at_kill={acked_before_kill:?} streams={}",
+        state.streams_opened()
+    );
+    assert!(
+        duplicates <= (KILLS + 1) * 16 * 2000,
+        "{duplicates} duplicates"
+    );
+    worker.kill().await;
+    uplink.process.kill().await;
+}
+
+/// Runs a worker of `count` records into a spool of `max_bytes` under `policy`, with Zerobus
+/// unreachable, and returns the spool afterwards.
+async fn fill_spool(
+    dir: &Path,
+    policy: iot_connector_proto::SpoolPolicy,
+    max_bytes: u64,
+    count: u64,
+    settle: Duration,
+) -> (iot_connector_uplink::spool::Spool, Option<u64>) {
+    let acked = dir.join("acked");
+    let mut settings = uplink_settings(dir);
+    settings.full_policy = policy;
+    settings.max_bytes = max_bytes;
+    let mut uplink = Uplink::start(settings).await.unwrap();
+    let worker_settings = uplink
+        .grant("line1", Table::Mqtt, &worker_config(count, &acked))
+        .await
+        .unwrap();
+    let mut worker = start_worker(WORKER, worker_settings).await.unwrap();
+    wait_until(settle, || read_acked(&acked) == Some(count)).await;
+    let last_acked = read_acked(&acked);
+    worker.kill().await;
+    uplink.process.kill().await;
+    let key =
+        iot_connector_uplink::spool::SealKey::load_or_create(&dir.join("keys/spool.key")).unwrap();
+    let spool =
+        iot_connector_uplink::spool::Spool::open(&dir.join("spool"), Some(key), max_bytes, policy)
+            .unwrap();
+    (spool, last_acked)
+}
+
+/// The data rows and the policy drops the status rows report.
+fn rows_and_reported_drops(spool: &iot_connector_uplink::spool::Spool) -> (u64, u64) {
+    use iot_connector_proto::table::bronze::ConnectorStatus;
+    let data = spool
+        .read(Table::Mqtt, None, usize::MAX, usize::MAX)
+        .unwrap()
+        .len() as u64;
+    let dropped = spool
+        .read(Table::Status, None, usize::MAX, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|r| <ConnectorStatus as prost::Message>::decode(r.row.as_slice()).unwrap())
+        .filter(|s| s.event() == "dropped")
+        .map(|s| s.count() as u64)
+        .sum();
+    (data, dropped)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_under_drop_newest_keeps_the_oldest_and_counts_every_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, acked) = fill_spool(
+        dir.path(),
+        iot_connector_proto::SpoolPolicy::DropNewest,
+        200_000,
+        5_000,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(acked, Some(5_000), "drop_newest never stalls the source");
+    let (data, dropped) = rows_and_reported_drops(&spool);
+    assert!(data < 5_000 && data > 0);
+    assert_eq!(
+        data + dropped,
+        5_000,
+        "every record is either stored or reported dropped"
+    );
+    let first = spool.read(Table::Mqtt, None, 1, usize::MAX).unwrap();
+    let first = <iot_connector_proto::table::bronze::MqttEvent as prost::Message>::decode(
+        first[0].row.as_slice(),
+    )
+    .unwrap();
+    assert_eq!(first.seq(), 1, "the oldest records are the ones kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_under_drop_oldest_keeps_the_newest_and_counts_every_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, acked) = fill_spool(
+        dir.path(),
+        iot_connector_proto::SpoolPolicy::DropOldest,
+        200_000,
+        5_000,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(acked, Some(5_000), "drop_oldest never stalls the source");
+    let (data, dropped) = rows_and_reported_drops(&spool);
+    assert!(data < 5_000 && data > 0);
+    assert_eq!(
+        data + dropped,
+        5_000,
+        "every record is either stored or reported dropped"
+    );
+    let rows = spool
+        .read(Table::Mqtt, None, usize::MAX, usize::MAX)
+        .unwrap();
+    let sealed_data_bytes: usize = rows.iter().map(|r| r.row.len() + 16).sum();
+    assert!(
+        sealed_data_bytes <= 200_000,
+        "{sealed_data_bytes} bytes of data kept"
+    );
+    let last = <iot_connector_proto::table::bronze::MqttEvent as prost::Message>::decode(
+        rows.last().unwrap().row.as_slice(),
+    )
+    .unwrap();
+    assert_eq!(last.seq(), 5_000, "the newest records are the ones kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_under_block_stops_acknowledging_and_drops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, acked) = fill_spool(
+        dir.path(),
+        iot_connector_proto::SpoolPolicy::Block,
+        200_000,
+        5_000,
+        Duration::from_secs(5),
+    )
+    .await;
+    let acked = acked.unwrap_or(0);
+    assert!(
+        acked < 5_000,
+        "block must stall the source, yet {acked} were acknowledged"
+    );
+    let (data, dropped) = rows_and_reported_drops(&spool);
+    assert_eq!(dropped, 0);
+    assert!(
+        data >= acked,
+        "every acknowledged record is held: {data} < {acked}"
+    );
+    assert!(spool.stats().unwrap().live_bytes <= 200_000);
+}

@@ -1,0 +1,339 @@
+//! Forwarding: one long-lived Zerobus stream per table, fed from the spool in position order.
+//! Rows leave the spool only after the server's durability acknowledgement covers them; on any
+//! stream failure the stream is dropped and the spool is replayed from its head (duplicates, never
+//! loss). A row the server rejects for good is found by bisection and moved to the dead-letter
+//! store with the server's reason. Rules from research/zerobus.md "What our uplink must do".
+
+use std::{collections::VecDeque, sync::Arc, time::Duration};
+
+use databricks_zerobus_ingest_sdk::{
+    GrpcCode, OffsetId, ProxyConnector, TlsSettings, ZerobusError, ZerobusSdk, ZerobusStream,
+};
+use iot_connector_ipc::Backoff;
+use iot_connector_proto::{Table, ZerobusSettings};
+use tokio::sync::Notify;
+
+use crate::{
+    auth::{self, AuthError, TableTokens},
+    spool::{Spool, SpoolError, Spooled},
+};
+
+/// Rows per ingest call at most.
+const BATCH_ROWS: usize = 2000;
+/// Bytes per ingest call at most, far below the 10 MiB server limit.
+const BATCH_BYTES: usize = 1 << 20;
+/// Ingest calls awaiting their durability ack at most.
+const INFLIGHT_BATCHES: usize = 16;
+/// How long an idle forwarder sleeps between looks at the spool when nothing notifies it.
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+/// Why a forwarder could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The token client could not be built.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The SDK rejected the endpoint, CA or proxy.
+    #[error("zerobus client: {0}")]
+    Sdk(#[source] Box<ZerobusError>),
+}
+
+/// The SDK client shared by every table's stream.
+pub fn sdk(settings: &ZerobusSettings) -> Result<ZerobusSdk, ForwardError> {
+    let mut tls = TlsSettings::new();
+    if let Some(pem) = &settings.ca_pem {
+        tls = tls.with_ca_certificate_pem(pem.as_bytes().to_vec());
+    }
+    let proxy = settings.proxy.clone();
+    let no_proxy = settings.no_proxy.clone();
+    ZerobusSdk::builder()
+        .endpoint(settings.endpoint.clone())
+        .unity_catalog_url(settings.workspace_url.clone())
+        .tls_config(Arc::new(tls))
+        // Only the configured proxy: the environment a service inherits must not reroute data.
+        .connector_factory(Arc::new(move |host: &str| {
+            let bypass = no_proxy
+                .iter()
+                .any(|suffix| host == suffix || host.ends_with(&format!(".{suffix}")));
+            proxy
+                .as_deref()
+                .filter(|_| !bypass)
+                .and_then(|p| ProxyConnector::new(p).ok())
+        }))
+        .build()
+        .map_err(|e| ForwardError::Sdk(Box::new(e)))
+}
+
+/// One table's forwarder.
+pub struct Forwarder {
+    spool: Arc<Spool>,
+    sdk: Arc<ZerobusSdk>,
+    table: Table,
+    table_name: String,
+    tokens: Arc<TableTokens>,
+    settings_summary: String,
+    committed: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("table", &self.table_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a stream ended.
+enum StreamEnd {
+    /// The server rejected a row of the window for good.
+    Poison(String),
+    /// Credentials refused: alert, retry slowly.
+    Auth(String),
+    /// Anything else: retry with backoff.
+    Retry(String),
+    /// The spool failed.
+    Spool(SpoolError),
+}
+
+fn classify(error: ZerobusError) -> StreamEnd {
+    let text = error.to_string();
+    match &error {
+        ZerobusError::InvalidArgument(message) => StreamEnd::Poison(message.clone()),
+        ZerobusError::InvalidUCTokenError(_) => StreamEnd::Auth(text),
+        ZerobusError::CreateStreamError(status) | ZerobusError::StreamClosedError(status)
+            if matches!(
+                status.code(),
+                GrpcCode::Unauthenticated | GrpcCode::PermissionDenied
+            ) =>
+        {
+            StreamEnd::Auth(text)
+        }
+        ZerobusError::StreamClosedError(status) if status.code() == GrpcCode::InvalidArgument => {
+            StreamEnd::Poison(status.message().to_owned())
+        }
+        _ => StreamEnd::Retry(text),
+    }
+}
+
+impl Forwarder {
+    /// A forwarder for `table`, sending to the three-part table name `table_name`.
+    pub fn new(
+        spool: Arc<Spool>,
+        sdk: Arc<ZerobusSdk>,
+        settings: &ZerobusSettings,
+        http: reqwest::Client,
+        table: Table,
+        committed: Arc<Notify>,
+    ) -> Self {
+        let table_name = settings
+            .tables
+            .get(table.index())
+            .cloned()
+            .unwrap_or_default();
+        let tokens = Arc::new(TableTokens::new(http, settings, &table_name));
+        Self {
+            spool,
+            sdk,
+            table,
+            tokens,
+            settings_summary: format!(
+                "client id {:?} at workspace {}",
+                settings.client_id, settings.workspace_url
+            ),
+            table_name,
+            committed,
+        }
+    }
+
+    /// Forwards until the process ends.
+    pub async fn run(self) {
+        let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let mut auth_retry = Backoff::new(Duration::from_secs(2), Duration::from_secs(300));
+        loop {
+            if !self.has_rows() {
+                self.idle().await;
+                continue;
+            }
+            let end = match self.open().await {
+                Ok(stream) => self.pump(&stream, &mut retry, &mut auth_retry).await,
+                Err(e) => classify(e),
+            };
+            let delay = match end {
+                StreamEnd::Poison(reason) => match self.isolate(&reason).await {
+                    Ok(()) => Duration::ZERO,
+                    Err(end) => self.report(end, &mut retry, &mut auth_retry),
+                },
+                other => self.report(other, &mut retry, &mut auth_retry),
+            };
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn report(&self, end: StreamEnd, retry: &mut Backoff, auth_retry: &mut Backoff) -> Duration {
+        match end {
+            StreamEnd::Auth(reason) => {
+                let delay = auth_retry.next_delay();
+                tracing::error!(table = %self.table_name, reason = %reason, retry_s = delay.as_secs(),
+                    "Zerobus refused the credentials of {}; records stay in the spool.", self.settings_summary);
+                delay
+            }
+            StreamEnd::Retry(reason) | StreamEnd::Poison(reason) => {
+                let delay = retry.next_delay();
+                tracing::warn!(table = %self.table_name, reason = %reason, retry_ms = delay.as_millis(),
+                    "Zerobus stream failed; replaying from the spool.");
+                delay
+            }
+            StreamEnd::Spool(e) => {
+                let delay = retry.next_delay();
+                tracing::error!(table = %self.table_name, error = %e, "Spool read failed.");
+                delay
+            }
+        }
+    }
+
+    fn has_rows(&self) -> bool {
+        self.spool
+            .read(self.table, None, 1, 1)
+            .is_ok_and(|rows| !rows.is_empty())
+    }
+
+    async fn idle(&self) {
+        let _ = tokio::time::timeout(IDLE_POLL, self.committed.notified()).await;
+    }
+
+    async fn open(&self) -> Result<ZerobusStream, ZerobusError> {
+        self.sdk
+            .stream_builder()
+            .table(self.table_name.clone())
+            .headers_provider(
+                Arc::clone(&self.tokens) as Arc<dyn databricks_zerobus_ingest_sdk::HeadersProvider>
+            )
+            .compiled_proto(self.table.descriptor())
+            .max_inflight_requests(INFLIGHT_BATCHES * 4)
+            .server_lack_of_ack_timeout_ms(30_000)
+            .flush_timeout_ms(60_000)
+            .recovery(true)
+            .recovery_timeout_ms(15_000)
+            .build()
+            .await
+    }
+
+    /// Streams the spool until the stream fails; returns how it ended.
+    async fn pump(
+        &self,
+        stream: &ZerobusStream,
+        retry: &mut Backoff,
+        auth_retry: &mut Backoff,
+    ) -> StreamEnd {
+        let mut cursor: Option<u64> = None;
+        let mut inflight: VecDeque<(OffsetId, u64)> = VecDeque::new();
+        loop {
+            if inflight.len() < INFLIGHT_BATCHES {
+                let rows = match self.spool.read(self.table, cursor, BATCH_ROWS, BATCH_BYTES) {
+                    Ok(rows) => rows,
+                    Err(e) => return StreamEnd::Spool(e),
+                };
+                if let Some(last) = rows.last().map(|r| r.position) {
+                    match stream
+                        .ingest_records_offset(rows.into_iter().map(|r| r.row))
+                        .await
+                    {
+                        Ok(Some(offset)) => inflight.push_back((offset, last)),
+                        Ok(None) => {}
+                        Err(e) => return classify(e),
+                    }
+                    cursor = Some(last);
+                    continue;
+                }
+            }
+            let Some(&(offset, last)) = inflight.front() else {
+                self.idle().await;
+                continue;
+            };
+            if let Err(e) = stream.wait_for_offset(offset).await {
+                return classify(e);
+            }
+            inflight.pop_front();
+            if let Err(e) = self.spool.remove_through(self.table, last) {
+                return StreamEnd::Spool(e);
+            }
+            retry.reset();
+            auth_retry.reset();
+        }
+    }
+
+    /// Finds the rows the server rejects for good by bisecting the spool's head on fresh streams,
+    /// dead-letters each with `reason`, and delivers the rest.
+    async fn isolate(&self, reason: &str) -> Result<(), StreamEnd> {
+        let window = self
+            .spool
+            .read(self.table, None, BATCH_ROWS * INFLIGHT_BATCHES, usize::MAX)
+            .map_err(StreamEnd::Spool)?;
+        tracing::warn!(table = %self.table_name, rows = window.len(), reason = %reason,
+            "Zerobus rejected a row; isolating it.");
+        let mut chunks: VecDeque<Vec<Spooled>> = VecDeque::from([window]);
+        let mut stream: Option<ZerobusStream> = None;
+        while let Some(chunk) = chunks.pop_front() {
+            let Some(last) = chunk.last().map(|r| r.position) else {
+                continue;
+            };
+            let open = match stream.take() {
+                Some(s) => s,
+                None => self.open().await.map_err(classify)?,
+            };
+            let rows: Vec<Vec<u8>> = chunk.iter().map(|r| r.row.clone()).collect();
+            let sent = match open.ingest_records_offset(rows).await {
+                Ok(Some(offset)) => open.wait_for_offset(offset).await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            match sent.map_err(classify) {
+                Ok(()) => {
+                    self.spool
+                        .remove_through(self.table, last)
+                        .map_err(StreamEnd::Spool)?;
+                    stream = Some(open);
+                }
+                Err(StreamEnd::Poison(message)) => match chunk.as_slice() {
+                    [single] => {
+                        tracing::error!(table = %self.table_name, position = single.position, reason = %message,
+                            "Zerobus rejected a row for good; moved to the dead-letter store.");
+                        self.spool
+                            .dead_letter(self.table, single.position, &message)
+                            .map_err(StreamEnd::Spool)?;
+                    }
+                    _ => {
+                        let mut left = chunk;
+                        let right = left.split_off(left.len() / 2);
+                        chunks.push_front(right);
+                        chunks.push_front(left);
+                    }
+                },
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Starts one forwarder per table.
+pub fn start(
+    spool: &Arc<Spool>,
+    settings: &ZerobusSettings,
+    committed: &Arc<Notify>,
+) -> Result<(), ForwardError> {
+    let sdk = Arc::new(sdk(settings)?);
+    let http = auth::http_client(settings)?;
+    for table in Table::ALL {
+        let forwarder = Forwarder::new(
+            Arc::clone(spool),
+            Arc::clone(&sdk),
+            settings,
+            http.clone(),
+            table,
+            Arc::clone(committed),
+        );
+        tokio::spawn(forwarder.run());
+    }
+    Ok(())
+}
