@@ -1,0 +1,630 @@
+//! The configuration file's schema, as CONTRACT.md promises it to operators. Every key has its
+//! doc comment here (this is the reference) and a default that works where CONTRACT.md gives one.
+//! Keys are only ever added; renaming or removing one changes CONTRACT.md, the README, the
+//! examples and the tests in the same change.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Secret;
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[connector]`: identity, directories, logging.
+    pub connector: Connector,
+    /// `[http]`: the health and metrics listener.
+    #[serde(default)]
+    pub http: Http,
+    /// `[zerobus]`: where data goes. Without it, records stay in the spool.
+    #[serde(default)]
+    pub zerobus: Option<Zerobus>,
+    /// `[spool]`: the local store.
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    /// `[[sources]]`: one worker process each.
+    #[serde(default)]
+    pub sources: Vec<Source>,
+}
+
+/// `[connector]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Connector {
+    /// Required; part of every `record_id`, so it must stay the same for the life of the tables.
+    pub id: String,
+    /// Spool, keys and OPC-UA PKI. Default: `$STATE_DIRECTORY`, else `./state`.
+    #[serde(default)]
+    pub state_dir: Option<String>,
+    /// Sockets. Default: `$RUNTIME_DIRECTORY`, else `./run`.
+    #[serde(default)]
+    pub runtime_dir: Option<String>,
+    /// Where the worker and uplink binaries are. Default: next to `iot-connector`.
+    #[serde(default)]
+    pub bin_dir: Option<String>,
+    /// `text` or `json`.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// A `tracing` filter: `info`, `debug`, `iot_connector_uplink=debug,info`, ….
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    /// Address of `GET /health` and `GET /metrics`; loopback unless a scraper needs more.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8081".into()
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+/// `[zerobus]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Zerobus {
+    /// `https://<workspace-id>.zerobus.<region>.cloud.databricks.com`.
+    pub endpoint: String,
+    /// `https://<instance>.cloud.databricks.com`, where OAuth tokens come from.
+    pub workspace_url: String,
+    /// The service principal's client id.
+    pub client_id: Secret,
+    /// The service principal's secret: `${ENV}`, `file:PATH`, `credential:NAME` or `enc:…`.
+    pub client_secret: Secret,
+    /// An extra trust anchor (PEM) for both hosts, e.g. a TLS-inspecting proxy's CA.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// `http://host:port` of a CONNECT proxy for both hosts.
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// Host names (or domain suffixes) that bypass `proxy`.
+    #[serde(default)]
+    pub no_proxy: Vec<String>,
+    /// Target table (three-part name) per kind of record.
+    pub tables: Tables,
+}
+
+/// `[zerobus] tables`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tables {
+    /// OPC-UA records.
+    pub opcua: String,
+    /// MQTT records.
+    pub mqtt: String,
+    /// Modbus records.
+    pub modbus: String,
+    /// Connector events (connects, gaps, drops, dead letters).
+    pub status: String,
+}
+
+/// `[spool]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Upper bound of the stored records, e.g. `"10GiB"`, `"500MB"` or a number of bytes.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: ByteSize,
+    /// What happens when the spool is full.
+    #[serde(default)]
+    pub full_policy: FullPolicy,
+    /// Encrypt records at rest (AES-256-GCM).
+    #[serde(default = "yes")]
+    pub encrypt: bool,
+    /// The 32-byte key file. Default: `<state_dir>/keys/spool.key`, created 0600 on first start.
+    #[serde(default)]
+    pub key_file: Option<String>,
+}
+
+fn default_max_bytes() -> ByteSize {
+    ByteSize(10 << 30)
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: default_max_bytes(),
+            full_policy: FullPolicy::default(),
+            encrypt: true,
+            key_file: None,
+        }
+    }
+}
+
+/// A size in bytes, written as a number or as `"<n><unit>"` with `B`, `KB`, `MB`, `GB`, `TB`
+/// (powers of 1000) or `KiB`, `MiB`, `GiB`, `TiB` (powers of 1024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "u64")]
+pub struct ByteSize(pub u64);
+
+impl From<ByteSize> for u64 {
+    fn from(size: ByteSize) -> Self {
+        size.0
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size like \"10GiB\""))?;
+        let factor: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "TiB" => 1 << 40,
+            other => {
+                return Err(format!(
+                    "unknown size unit {other:?}: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
+                ));
+            }
+        };
+        number
+            .checked_mul(factor)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{text:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// `[spool] full_policy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FullPolicy {
+    /// Evict the oldest records (counted, status row written).
+    #[default]
+    DropOldest,
+    /// Refuse new records (counted, status row written).
+    DropNewest,
+    /// Stop acknowledging; sources slow down (MQTT brokers queue, Modbus scans are skipped).
+    Block,
+}
+
+/// One `[[sources]]` entry: the protocol decides the other keys.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "protocol", rename_all = "lowercase")]
+pub enum Source {
+    /// An OPC-UA server.
+    Opcua(OpcuaSource),
+    /// An MQTT broker.
+    Mqtt(MqttSource),
+    /// A Modbus device or gateway.
+    Modbus(ModbusSource),
+}
+
+/// `protocol = "opcua"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpcuaSource {
+    /// Unique source name, `[a-z0-9_-]`; part of every `record_id`.
+    pub name: String,
+    /// Set `false` to keep the entry without running it.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `opc.tcp://host:port[/path]`.
+    pub endpoint: String,
+    /// Security policy; never weaker than configured.
+    #[serde(default)]
+    pub security_policy: SecurityPolicy,
+    /// Message security mode; never weaker than configured.
+    #[serde(default)]
+    pub security_mode: SecurityMode,
+    /// User name; anonymous when absent.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for `username`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Subscription publishing interval.
+    #[serde(default = "default_1000")]
+    pub publishing_interval_ms: u64,
+    /// Nodes to monitor.
+    #[serde(default)]
+    pub nodes: Vec<OpcuaNode>,
+    /// Browse discovery of further nodes.
+    #[serde(default)]
+    pub browse: Vec<OpcuaBrowse>,
+}
+
+/// OPC-UA security policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum SecurityPolicy {
+    /// No security.
+    #[default]
+    None,
+    /// Basic256Sha256.
+    Basic256Sha256,
+    /// Aes128_Sha256_RsaOaep.
+    #[serde(rename = "Aes128_Sha256_RsaOaep")]
+    Aes128Sha256RsaOaep,
+    /// Aes256_Sha256_RsaPss.
+    #[serde(rename = "Aes256_Sha256_RsaPss")]
+    Aes256Sha256RsaPss,
+}
+
+/// OPC-UA message security mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum SecurityMode {
+    /// Neither signed nor encrypted.
+    #[default]
+    None,
+    /// Signed.
+    Sign,
+    /// Signed and encrypted.
+    SignAndEncrypt,
+}
+
+fn default_1000() -> u64 {
+    1000
+}
+
+/// One monitored node.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpcuaNode {
+    /// `ns=2;s=…`, `nsu=<namespace URI>;s=…`, or a browse path.
+    pub node_id: String,
+    /// Sampling interval; the publishing interval when absent.
+    #[serde(default)]
+    pub sampling_interval_ms: Option<u64>,
+    /// Report only changes larger than this.
+    #[serde(default)]
+    pub deadband_absolute: Option<f64>,
+    /// Report only changes larger than this percentage of the EU range.
+    #[serde(default)]
+    pub deadband_percent: Option<f64>,
+}
+
+/// One browse discovery root.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpcuaBrowse {
+    /// Node id to start from.
+    pub root: String,
+    /// Levels below `root` to visit.
+    #[serde(default = "default_depth")]
+    pub max_depth: u32,
+    /// Glob patterns on the browse name; all variables when empty.
+    #[serde(default)]
+    pub include: Vec<String>,
+}
+
+fn default_depth() -> u32 {
+    3
+}
+
+/// `protocol = "mqtt"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSource {
+    /// Unique source name, `[a-z0-9_-]`; part of every `record_id`.
+    pub name: String,
+    /// Set `false` to keep the entry without running it.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub endpoint: String,
+    /// Client id; default `iot-connector-<connector.id>-<source>`. Keep it stable: the broker
+    /// keeps the persistent session under it.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// User name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for `username`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// CA certificate (PEM) for `mqtts://`.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    /// Client key (PEM) for mutual TLS.
+    #[serde(default)]
+    pub key_file: Option<String>,
+    /// `false` keeps a persistent session, so the broker queues messages while we are away.
+    #[serde(default)]
+    pub clean_session: bool,
+    /// `"3.1.1"` or `"5"`.
+    #[serde(default)]
+    pub mqtt_version: MqttVersion,
+    /// Subscriptions.
+    #[serde(default)]
+    pub topics: Vec<MqttTopic>,
+}
+
+/// MQTT protocol version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum MqttVersion {
+    /// MQTT 3.1.1.
+    #[default]
+    #[serde(rename = "3.1.1")]
+    V311,
+    /// MQTT 5.
+    #[serde(rename = "5")]
+    V5,
+}
+
+/// One subscription.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTopic {
+    /// Topic filter, wildcards allowed; `$share/<group>/<filter>` with MQTT 5.
+    pub filter: String,
+    /// 0, 1 or 2.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// How the payload is decoded.
+    #[serde(default)]
+    pub payload: PayloadFormat,
+    /// JSON pointer to the value (`json` only); the whole document when absent.
+    #[serde(default)]
+    pub value_path: Option<String>,
+    /// JSON pointer to the event timestamp (`json` only): epoch ms, s or RFC 3339.
+    #[serde(default)]
+    pub timestamp_path: Option<String>,
+}
+
+fn default_qos() -> u8 {
+    1
+}
+
+/// MQTT payload format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadFormat {
+    /// JSON; `value_path`/`timestamp_path` pick the value and the event time.
+    #[default]
+    Json,
+    /// UTF-8 text.
+    Text,
+    /// Opaque bytes.
+    Binary,
+    /// Sparkplug B protobuf, one record per metric.
+    SparkplugB,
+}
+
+/// `protocol = "modbus"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusSource {
+    /// Unique source name, `[a-z0-9_-]`; part of every `record_id`.
+    pub name: String,
+    /// Set `false` to keep the entry without running it.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `tcp://host:port`, `rtu:///dev/ttyX` or `rtu+tcp://host:port`.
+    pub endpoint: String,
+    /// Default poll interval of every register.
+    #[serde(default = "default_1000")]
+    pub poll_interval_ms: u64,
+    /// Timeout of every request.
+    #[serde(default = "default_1000")]
+    pub timeout_ms: u64,
+    /// Serial line speed (`rtu://` only).
+    #[serde(default)]
+    pub baud_rate: Option<u32>,
+    /// Serial parity (`rtu://` only).
+    #[serde(default)]
+    pub parity: Option<Parity>,
+    /// 7 or 8 (`rtu://` only).
+    #[serde(default)]
+    pub data_bits: Option<u8>,
+    /// 1 or 2 (`rtu://` only).
+    #[serde(default)]
+    pub stop_bits: Option<u8>,
+    /// Largest gap of unused registers a merged read may span.
+    #[serde(default = "default_max_gap")]
+    pub max_gap: u16,
+    /// The registers to poll.
+    #[serde(default)]
+    pub registers: Vec<ModbusRegister>,
+}
+
+fn default_max_gap() -> u16 {
+    10
+}
+
+/// Serial parity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    /// No parity bit.
+    None,
+    /// Even parity.
+    Even,
+    /// Odd parity.
+    Odd,
+}
+
+/// One register (or coil) to poll.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusRegister {
+    /// Tag name, unique within the source.
+    pub name: String,
+    /// Unit (slave) id.
+    #[serde(default = "default_unit_id")]
+    pub unit_id: u8,
+    /// Which Modbus table the address is in.
+    pub kind: RegisterKind,
+    /// 0-based protocol address.
+    pub address: u16,
+    /// How the registers are read as a value.
+    #[serde(default)]
+    pub data_type: DataType,
+    /// Registers of a `string`.
+    #[serde(default)]
+    pub length: Option<u16>,
+    /// Byte order of multi-register values (64-bit types use the same letters per word pair).
+    #[serde(default)]
+    pub byte_order: ByteOrder,
+    /// Multiplier applied to the raw number.
+    #[serde(default = "default_scale")]
+    pub scale: f64,
+    /// Added after scaling.
+    #[serde(default)]
+    pub offset: f64,
+    /// Engineering unit.
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// This register's poll interval; the source's when absent.
+    #[serde(default)]
+    pub poll_interval_ms: Option<u64>,
+    /// Report only changes larger than this (after scaling).
+    #[serde(default)]
+    pub deadband: Option<f64>,
+    /// Report an unchanged value at least this often.
+    #[serde(default)]
+    pub heartbeat_ms: Option<u64>,
+}
+
+fn default_unit_id() -> u8 {
+    1
+}
+
+/// Modbus data table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegisterKind {
+    /// Holding registers (function 3).
+    Holding,
+    /// Input registers (function 4).
+    Input,
+    /// Coils (function 1).
+    Coil,
+    /// Discrete inputs (function 2).
+    Discrete,
+}
+
+/// Value type of a register.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataType {
+    /// One bit (coils, discrete inputs) or a register that is non-zero.
+    Bool,
+    /// One register, signed.
+    Int16,
+    /// One register, unsigned.
+    #[default]
+    Uint16,
+    /// Two registers, signed.
+    Int32,
+    /// Two registers, unsigned.
+    Uint32,
+    /// Four registers, signed.
+    Int64,
+    /// Four registers, unsigned.
+    Uint64,
+    /// Two registers, IEEE 754.
+    Float32,
+    /// Four registers, IEEE 754.
+    Float64,
+    /// `length` registers of text, two bytes each.
+    String,
+}
+
+/// Byte order of multi-register values, as the letters of a 32-bit value's bytes on the wire.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ByteOrder {
+    /// Big-endian (the Modbus norm).
+    #[default]
+    ABCD,
+    /// Word-swapped.
+    CDAB,
+    /// Byte-swapped within each word.
+    BADC,
+    /// Little-endian.
+    DCBA,
+}
+
+fn default_scale() -> f64 {
+    1.0
+}
+
+impl Source {
+    /// The source's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Opcua(s) => &s.name,
+            Self::Mqtt(s) => &s.name,
+            Self::Modbus(s) => &s.name,
+        }
+    }
+
+    /// Whether the source runs.
+    pub fn enabled(&self) -> bool {
+        match self {
+            Self::Opcua(s) => s.enabled,
+            Self::Mqtt(s) => s.enabled,
+            Self::Modbus(s) => s.enabled,
+        }
+    }
+
+    /// The protocol name, as in the file.
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            Self::Opcua(_) => "opcua",
+            Self::Mqtt(_) => "mqtt",
+            Self::Modbus(_) => "modbus",
+        }
+    }
+}
