@@ -36,6 +36,23 @@
 //!
 //! Hence no acknowledged record can be lost: it is on disk before its ack, and it is deleted only
 //! after Zerobus acknowledged it, or after being counted as a policy drop or a dead letter.
+//!
+//! # When the spool is full
+//! [`Spool::append`] takes its batches in order. Of each batch only the rows above its source's
+//! sequence number are new; the others are counted as duplicates. If the new rows' sealed bytes
+//! fit under `max_bytes` (or there are none), they are stored. Otherwise the full policy decides:
+//! - `drop_oldest`: rows are evicted, lowest position first across the data tables and status
+//!   rows only once no data row is left, until the batch fits; then it is stored.
+//! - `drop_newest`: the batch's new rows are refused.
+//! - `block`: the call stops at this batch. It and every later batch are not committed and not
+//!   counted (`committed` < `batches.len()`); the caller retries them, in order, once the
+//!   forwarder has freed space.
+//!
+//! A batch whose new rows alone exceed `max_bytes` can never fit: it is refused under every policy,
+//! because waiting would stall every source queued behind it forever and evicting would empty the
+//! spool for nothing. A refused batch still advances its source's sequence number, so its worker
+//! is acknowledged and moves on. A call that refused or evicted rows writes exactly one status row
+//! with their total, in the same transaction.
 
 use std::{
     collections::HashMap,
@@ -135,7 +152,8 @@ impl SealKey {
         let bytes = match fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if let Some(parent) = path.parent() {
+                // A bare file name has the parent "": the working directory, not ours to chmod.
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                     fs::create_dir_all(parent).map_err(err)?;
                     fs::set_permissions(parent, fs::Permissions::from_mode(0o700)).map_err(err)?;
                 }
@@ -230,7 +248,8 @@ pub struct Incoming {
 pub struct AppendOutcome {
     /// How many of the given batches were committed (the rest wait: `block` policy, spool full).
     pub committed: usize,
-    /// Rows refused under `drop_newest`.
+    /// Rows refused: under `drop_newest` when the spool is full, and under every policy when a
+    /// batch's rows alone exceed `max_bytes`.
     pub dropped_newest: u64,
     /// Rows evicted under `drop_oldest`.
     pub evicted_oldest: u64,
@@ -282,6 +301,16 @@ pub struct Spool {
     epoch: u32,
     max_bytes: u64,
     policy: SpoolPolicy,
+}
+
+/// The full policy's verdict on one batch.
+enum Admission {
+    /// Store it, after evicting at least `evict` bytes of the oldest rows.
+    Store { evict: u64 },
+    /// Count its fresh rows as dropped, acknowledge it.
+    Refuse,
+    /// Leave it and every later batch uncommitted until space frees up.
+    Wait,
 }
 
 fn meta(
@@ -392,8 +421,9 @@ impl Spool {
         })
     }
 
-    /// Stores `batches` in one durable transaction, applying the full policy. `status_row` builds
-    /// the status row that records a policy drop (`(dropped, policy)` in, encoded row out).
+    /// Stores `batches` in one durable transaction, applying the full policy (see the module
+    /// doc). `status_row` builds the status row that records a policy drop (`(dropped, policy)`
+    /// in, encoded row out); it is called at most once.
     pub fn append(
         &self,
         batches: &[Incoming],
@@ -419,22 +449,20 @@ impl Spool {
                         .iter()
                         .filter(|(seq, _, _)| held.is_none_or(|h| *seq > h))
                         .collect();
-                    outcome.duplicates += (batch.rows.len() - fresh.len()) as u64;
+                    let duplicates = (batch.rows.len() - fresh.len()) as u64;
                     let need: u64 = fresh.iter().map(|(_, _, row)| self.sealed_len(row)).sum();
-                    let fits = live + need <= self.max_bytes;
-                    match (fits, self.policy) {
-                        (false, SpoolPolicy::Block) => break,
-                        (false, SpoolPolicy::DropNewest) => {
+                    match self.admit(live, need) {
+                        Admission::Wait => break,
+                        Admission::Refuse => {
                             outcome.dropped_newest += fresh.len() as u64;
                             drops += fresh.len() as u64;
                         }
-                        (fits, policy) => {
-                            if !fits && policy == SpoolPolicy::DropOldest {
-                                let (evicted, freed) =
-                                    evict_oldest(&mut rows, live + need - self.max_bytes)?;
+                        Admission::Store { evict } => {
+                            if evict > 0 {
+                                let (evicted, freed) = evict_oldest(&mut rows, evict)?;
                                 outcome.evicted_oldest += evicted;
                                 drops += evicted;
-                                live -= freed;
+                                live = live.saturating_sub(freed);
                             }
                             for (_, table, row) in fresh {
                                 let sealed = self.seal(*table, next, row);
@@ -447,10 +475,12 @@ impl Spool {
                             }
                         }
                     }
-                    if let Some(last) = batch.rows.last().map(|(seq, _, _)| *seq)
-                        && held.is_none_or(|h| last > h)
+                    // Counted only once the batch is committed: a waiting batch comes back.
+                    outcome.duplicates += duplicates;
+                    if let Some(highest) = batch.rows.iter().map(|(seq, _, _)| *seq).max()
+                        && held.is_none_or(|h| highest > h)
                     {
-                        sources.insert(batch.source.as_str(), last)?;
+                        sources.insert(batch.source.as_str(), highest)?;
                     }
                     outcome.committed += 1;
                 }
@@ -469,6 +499,26 @@ impl Spool {
             txn.commit()?;
             Ok(outcome)
         })
+    }
+
+    /// What the full policy does with a batch whose fresh rows take `need` sealed bytes while the
+    /// spool holds `live`.
+    fn admit(&self, live: u64, need: u64) -> Admission {
+        if need > self.max_bytes {
+            // Nothing evicted or waited for can make room: refuse it now rather than empty the
+            // spool for it, or stall every source queued behind it forever.
+            return Admission::Refuse;
+        }
+        // Status rows may hold `live` above `max_bytes`: the excess is owed too.
+        let excess = (live + need).saturating_sub(self.max_bytes);
+        if need == 0 || excess == 0 {
+            return Admission::Store { evict: 0 };
+        }
+        match self.policy {
+            SpoolPolicy::DropOldest => Admission::Store { evict: excess },
+            SpoolPolicy::DropNewest => Admission::Refuse,
+            SpoolPolicy::Block => Admission::Wait,
+        }
     }
 
     /// Up to `max_rows` rows of `table` after position `after` (from the start when `None`), in
@@ -627,9 +677,7 @@ fn evict_oldest(
                 oldest = Some((i, k.value()));
             }
         }
-        let Some((i, _)) = oldest.or_else(|| Some((Table::Status.index(), 0))) else {
-            break;
-        };
+        let i = oldest.map_or(Table::Status.index(), |(i, _)| i);
         let Some(table) = rows.get_mut(i) else { break };
         match table.pop_first()? {
             Some((_, v)) => {
@@ -640,4 +688,364 @@ fn evict_oldest(
         }
     }
     Ok((evicted, freed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_row(count: u64, policy: SpoolPolicy) -> Vec<u8> {
+        format!("{policy:?} dropped {count}").into_bytes()
+    }
+
+    /// A batch of `source` starting at `first_seq`, one row per entry.
+    fn batch(source: &str, first_seq: u64, rows: &[(Table, Vec<u8>)]) -> Incoming {
+        Incoming {
+            source: source.to_owned(),
+            rows: (first_seq..)
+                .zip(rows)
+                .map(|(seq, (table, row))| (seq, *table, row.clone()))
+                .collect(),
+        }
+    }
+
+    fn rows(table: Table, count: usize, size: usize) -> Vec<(Table, Vec<u8>)> {
+        (b'a'..=b'z')
+            .cycle()
+            .take(count)
+            .map(|fill| (table, vec![fill; size]))
+            .collect()
+    }
+
+    fn keyed(dir: &Path, key_name: &str, max_bytes: u64, policy: SpoolPolicy) -> Spool {
+        let key = SealKey::load_or_create(&dir.join("keys").join(key_name)).unwrap();
+        Spool::open(&dir.join("spool"), Some(key), max_bytes, policy).unwrap()
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn a_spool_opened_with_another_key_reports_decrypt_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = keyed(dir.path(), "right.key", 1 << 20, SpoolPolicy::Block);
+        let rows = rows(Table::Mqtt, 3, 40);
+        spool
+            .append(&[batch("broker", 1, &rows)], &status_row)
+            .unwrap();
+        spool.dead_letter(Table::Mqtt, 0, "rejected").unwrap();
+        drop(spool);
+
+        let spool = keyed(dir.path(), "wrong.key", 1 << 20, SpoolPolicy::Block);
+        assert!(matches!(
+            spool.read(Table::Mqtt, None, 10, usize::MAX),
+            Err(SpoolError::Decrypt(1))
+        ));
+        assert!(matches!(
+            spool.read(Table::Mqtt, Some(1), 10, usize::MAX),
+            Err(SpoolError::Decrypt(2))
+        ));
+        assert!(matches!(spool.dead_letters(), Err(SpoolError::Decrypt(0))));
+        // What needs no key still works, so the operator can see what is stuck.
+        assert_eq!(spool.stats().unwrap().rows, [0, 2, 0, 0]);
+        assert_eq!(spool.last_seq("broker").unwrap(), Some(3));
+    }
+
+    #[test]
+    fn the_key_file_is_created_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets").join("spool.key");
+        SealKey::load_or_create(&path).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("secrets")), 0o700);
+        assert_eq!(fs::read(&path).unwrap().len(), 32);
+    }
+
+    #[test]
+    fn a_key_file_of_the_wrong_length_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.key");
+        fs::write(&path, [7u8; 31]).unwrap();
+        assert!(matches!(
+            SealKey::load_or_create(&path),
+            Err(SpoolError::Key { path: p, .. }) if p == path
+        ));
+    }
+
+    #[test]
+    fn rows_are_not_stored_in_clear_text_when_a_key_is_set() {
+        let canary = b"CANARY-ROW-7f3a9c-do-not-store-in-clear".repeat(4);
+        let write = |dir: &Path, key: Option<SealKey>| {
+            let spool = Spool::open(dir, key, 1 << 20, SpoolPolicy::Block).unwrap();
+            let rows = [(Table::Opcua, canary.clone())];
+            spool
+                .append(&[batch("plc", 1, &rows)], &status_row)
+                .unwrap();
+            spool.dead_letter(Table::Opcua, 0, "rejected").unwrap();
+            spool
+                .append(&[batch("plc", 2, &rows)], &status_row)
+                .unwrap();
+            drop(spool);
+            fs::read(dir.join("spool.redb")).unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let key = SealKey::load_or_create(&dir.path().join("spool.key")).unwrap();
+        let sealed = write(&dir.path().join("sealed"), Some(key));
+        assert!(!contains(&sealed, &canary[..32]));
+        // The search itself works: without a key the row is there as it is.
+        let plain = write(&dir.path().join("plain"), None);
+        assert!(contains(&plain, &canary[..32]));
+    }
+
+    #[test]
+    fn a_spool_of_another_format_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Spool::open(dir.path(), None, 1 << 20, SpoolPolicy::Block).unwrap());
+        let path = dir.path().join("spool.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("format_version", FORMAT_VERSION + 1)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        match Spool::open(dir.path(), None, 1 << 20, SpoolPolicy::Block) {
+            Err(SpoolError::Format { path: p, found }) => {
+                assert_eq!(p, path);
+                assert_eq!(found, FORMAT_VERSION + 1);
+            }
+            other => panic!("expected a format error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn compact_gives_disk_space_back_once_drained() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = keyed(dir.path(), "spool.key", 1 << 30, SpoolPolicy::Block);
+        let file = dir.path().join("spool").join("spool.redb");
+        let size = || fs::metadata(&file).unwrap().len();
+        // 20 MB in 10 commits of 500 rows of 4 KiB.
+        for i in 0..10 {
+            let rows = rows(Table::Modbus, 500, 4096);
+            let outcome = spool
+                .append(&[batch("plc", i * 500, &rows)], &status_row)
+                .unwrap();
+            assert_eq!(outcome.stored, 500);
+        }
+        let full = size();
+        assert!(full >= 20 << 20, "file holds {full} bytes");
+        assert_eq!(spool.remove_through(Table::Modbus, u64::MAX).unwrap(), 5000);
+        assert_eq!(spool.stats().unwrap(), SpoolStats::default());
+        spool.compact().unwrap();
+        let compacted = size();
+        assert!(
+            compacted < full / 10,
+            "{full} bytes before compaction, {compacted} after"
+        );
+        // Still a working spool.
+        let rows = rows(Table::Modbus, 1, 10);
+        spool
+            .append(&[batch("plc", 5000, &rows)], &status_row)
+            .unwrap();
+        assert_eq!(
+            spool
+                .read(Table::Modbus, None, 10, usize::MAX)
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn positions_keep_increasing_across_reopen_after_a_full_drain() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = keyed(dir.path(), "spool.key", 1 << 20, SpoolPolicy::Block);
+        let epoch = spool.epoch;
+        let rows = rows(Table::Opcua, 5, 10);
+        spool
+            .append(&[batch("plc", 1, &rows)], &status_row)
+            .unwrap();
+        let before = spool.read(Table::Opcua, None, 10, usize::MAX).unwrap();
+        let last = before.last().unwrap().position;
+        spool.remove_through(Table::Opcua, last).unwrap();
+        assert_eq!(spool.stats().unwrap(), SpoolStats::default());
+        drop(spool);
+
+        let spool = keyed(dir.path(), "spool.key", 1 << 20, SpoolPolicy::Block);
+        // Same file, same epoch: only fresh positions keep the nonces unique.
+        assert_eq!(spool.epoch, epoch);
+        spool
+            .append(&[batch("plc", 6, &rows)], &status_row)
+            .unwrap();
+        let after = spool.read(Table::Opcua, None, 10, usize::MAX).unwrap();
+        assert_eq!(after.len(), 5);
+        assert!(after.iter().all(|s| s.position > last), "{after:?}");
+
+        // A new file draws a new epoch.
+        let other = keyed(
+            &dir.path().join("other"),
+            "spool.key",
+            1,
+            SpoolPolicy::Block,
+        );
+        assert_ne!(other.epoch, epoch);
+    }
+
+    #[test]
+    fn a_batch_larger_than_max_bytes_is_refused_under_every_policy() {
+        for policy in [
+            SpoolPolicy::DropOldest,
+            SpoolPolicy::DropNewest,
+            SpoolPolicy::Block,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let spool = Spool::open(dir.path(), None, 1000, policy).unwrap();
+            let small = rows(Table::Opcua, 1, 100);
+            spool.append(&[batch("a", 1, &small)], &status_row).unwrap();
+
+            let big = rows(Table::Mqtt, 2, 600);
+            let outcome = spool
+                .append(&[batch("b", 7, &big), batch("a", 2, &small)], &status_row)
+                .unwrap();
+            assert_eq!(
+                outcome,
+                AppendOutcome {
+                    committed: 2,
+                    dropped_newest: 2,
+                    stored: 1,
+                    ..AppendOutcome::default()
+                },
+                "{policy:?}"
+            );
+            // Acknowledged, so the worker moves on instead of stalling every source behind it.
+            assert_eq!(spool.last_seq("b").unwrap(), Some(8));
+            // Nothing was evicted for a batch that could never fit, and the drop is recorded.
+            let stats = spool.stats().unwrap();
+            assert_eq!(stats.rows, [2, 0, 0, 1], "{policy:?}");
+            let status = spool.read(Table::Status, None, 10, usize::MAX).unwrap();
+            assert_eq!(status[0].row, status_row(2, policy));
+        }
+    }
+
+    #[test]
+    fn a_waiting_batch_is_not_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), None, 1000, SpoolPolicy::Block).unwrap();
+        let full = rows(Table::Opcua, 3, 300);
+        spool.append(&[batch("a", 1, &full)], &status_row).unwrap();
+
+        // Seq 3 is a re-send, seq 4 does not fit: the batch waits and comes back whole.
+        let outcome = spool
+            .append(
+                &[
+                    batch("a", 3, &rows(Table::Opcua, 2, 300)),
+                    batch("b", 1, &[]),
+                ],
+                &status_row,
+            )
+            .unwrap();
+        assert_eq!(outcome, AppendOutcome::default());
+        assert_eq!(spool.last_seq("a").unwrap(), Some(3));
+        assert_eq!(spool.stats().unwrap().rows, [3, 0, 0, 0]);
+    }
+
+    #[test]
+    fn batches_that_need_no_room_commit_even_over_the_limit() {
+        for policy in [SpoolPolicy::DropOldest, SpoolPolicy::Block] {
+            let dir = tempfile::tempdir().unwrap();
+            let spool = Spool::open(dir.path(), None, 1000, policy).unwrap();
+            let stored = rows(Table::Opcua, 3, 300);
+            spool
+                .append(&[batch("a", 1, &stored)], &status_row)
+                .unwrap();
+            drop(spool);
+
+            // The operator lowered max_bytes: 900 bytes are held, 500 allowed.
+            let spool = Spool::open(dir.path(), None, 500, policy).unwrap();
+            let outcome = spool
+                .append(
+                    &[batch("a", 2, &stored[..2]), batch("b", 1, &[])],
+                    &status_row,
+                )
+                .unwrap();
+            assert_eq!(
+                outcome,
+                AppendOutcome {
+                    committed: 2,
+                    duplicates: 2,
+                    ..AppendOutcome::default()
+                },
+                "{policy:?}"
+            );
+            assert_eq!(spool.stats().unwrap().live_bytes, 900, "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn drop_oldest_evicts_data_rows_before_status_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), None, 1000, SpoolPolicy::DropOldest).unwrap();
+        // Positions 0 (status), 1 (mqtt), 2 (opcua), 3 (modbus).
+        spool
+            .append(
+                &[
+                    batch("w", 1, &rows(Table::Status, 1, 100)),
+                    batch("m", 1, &rows(Table::Mqtt, 1, 300)),
+                    batch("o", 1, &rows(Table::Opcua, 1, 300)),
+                    batch("d", 1, &rows(Table::Modbus, 1, 300)),
+                ],
+                &status_row,
+            )
+            .unwrap();
+        // Needs 650 of the 1000 bytes: mqtt, opcua and modbus go, oldest first; status stays.
+        let outcome = spool
+            .append(&[batch("o", 2, &rows(Table::Opcua, 1, 650))], &status_row)
+            .unwrap();
+        assert_eq!((outcome.evicted_oldest, outcome.stored), (3, 1));
+        let status = spool.read(Table::Status, None, 10, usize::MAX).unwrap();
+        assert_eq!(status.len(), 2);
+        assert_eq!(status[0].position, 0);
+        assert_eq!(status[1].row, status_row(3, SpoolPolicy::DropOldest));
+        // 900 more bytes: the 650-byte data row goes first, then the oldest status row.
+        let outcome = spool
+            .append(&[batch("o", 3, &rows(Table::Opcua, 1, 900))], &status_row)
+            .unwrap();
+        assert_eq!((outcome.evicted_oldest, outcome.stored), (2, 1));
+        let status = spool.read(Table::Status, None, 10, usize::MAX).unwrap();
+        let status: Vec<_> = status.into_iter().map(|s| s.row).collect();
+        assert_eq!(
+            status,
+            [
+                status_row(3, SpoolPolicy::DropOldest),
+                status_row(2, SpoolPolicy::DropOldest)
+            ]
+        );
+        assert_eq!(spool.stats().unwrap().rows, [1, 0, 0, 2]);
+    }
+
+    #[test]
+    fn drop_newest_still_advances_the_sequence_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), None, 1000, SpoolPolicy::DropNewest).unwrap();
+        spool
+            .append(&[batch("a", 1, &rows(Table::Opcua, 3, 300))], &status_row)
+            .unwrap();
+        let outcome = spool
+            .append(&[batch("a", 4, &rows(Table::Opcua, 2, 300))], &status_row)
+            .unwrap();
+        assert_eq!(
+            outcome,
+            AppendOutcome {
+                committed: 1,
+                dropped_newest: 2,
+                ..AppendOutcome::default()
+            }
+        );
+        assert_eq!(spool.last_seq("a").unwrap(), Some(5));
+        assert_eq!(spool.stats().unwrap().rows, [3, 0, 0, 1]);
+    }
 }
