@@ -206,6 +206,18 @@ async fn a_poison_record_is_dead_lettered_and_every_other_record_lands() {
             .len(),
         expected.len()
     );
+    let status = TABLES[3];
+    assert!(
+        state
+            .wait_until(Duration::from_secs(30), |s| !s.rows(status).is_empty())
+            .await,
+        "no status row about the dead letter"
+    );
+    let row = state.rows(status).into_iter().next().unwrap();
+    assert_eq!(row["event"], "dead_lettered");
+    assert_eq!(row["count"], 1);
+    assert_eq!(row["source_name"], "_uplink");
+    assert!(row["detail"].as_str().unwrap().contains(&poison), "{row}");
     worker.kill().await;
     uplink.process.kill().await;
 
@@ -424,4 +436,44 @@ async fn a_full_spool_under_block_stops_acknowledging_and_drops_nothing() {
         "every acknowledged record is held: {data} < {acked}"
     );
     assert!(spool.stats().unwrap().live_bytes <= 200_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_stream_rotation_is_normal_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let zerobus = emulator().await;
+    zerobus.faults().update(|f| {
+        f.rotate_stream = Some(iot_connector_sim_zerobus::RotateStream {
+            after_requests: 5,
+            close_after: Duration::from_millis(300),
+        });
+    });
+    let acked = dir.path().join("acked");
+    let log = dir.path().join("uplink.log");
+    let mut settings = uplink_settings(dir.path());
+    settings.zerobus = Some(zerobus_settings(&zerobus));
+    let mut uplink = Uplink::start_logging_to(settings, Some(&log))
+        .await
+        .unwrap();
+    let worker_settings = uplink
+        .grant("line1", Table::Mqtt, &worker_config(30_000, &acked))
+        .await
+        .unwrap();
+    let mut worker = start_worker(WORKER, worker_settings).await.unwrap();
+
+    let state = zerobus.state().clone();
+    let arrived = |s: &iot_connector_sim_zerobus::SimState| {
+        s.record_ids(MQTT).into_iter().collect::<HashSet<_>>() == expected_ids("line1", 30_000)
+    };
+    assert!(state.wait_until(Duration::from_secs(60), arrived).await);
+    assert!(state.streams_opened() >= 2, "the server rotated the stream");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("ERROR") || l.contains("replaying")),
+        "rotation must not look like a failure:\n{text}"
+    );
+    worker.kill().await;
+    uplink.process.kill().await;
 }

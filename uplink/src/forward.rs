@@ -10,7 +10,7 @@ use databricks_zerobus_ingest_sdk::{
     GrpcCode, OffsetId, ProxyConnector, TlsSettings, ZerobusError, ZerobusSdk, ZerobusStream,
 };
 use iot_connector_ipc::Backoff;
-use iot_connector_proto::{Table, ZerobusSettings};
+use iot_connector_proto::{StatusEvent, Table, ZerobusSettings};
 use tokio::sync::Notify;
 
 use crate::{
@@ -72,6 +72,7 @@ pub struct Forwarder {
     table_name: String,
     tokens: Arc<TableTokens>,
     settings_summary: String,
+    connector_id: String,
     committed: Arc<Notify>,
 }
 
@@ -118,6 +119,7 @@ fn classify(error: ZerobusError) -> StreamEnd {
 impl Forwarder {
     /// A forwarder for `table`, sending to the three-part table name `table_name`.
     pub fn new(
+        connector_id: String,
         spool: Arc<Spool>,
         sdk: Arc<ZerobusSdk>,
         settings: &ZerobusSettings,
@@ -141,6 +143,7 @@ impl Forwarder {
                 settings.client_id, settings.workspace_url
             ),
             table_name,
+            connector_id,
             committed,
         }
     }
@@ -298,8 +301,18 @@ impl Forwarder {
                     [single] => {
                         tracing::error!(table = %self.table_name, position = single.position, reason = %message,
                             "Zerobus rejected a row for good; moved to the dead-letter store.");
+                        // A status row about a rejected status row could be rejected in turn.
+                        let status = (self.table != Table::Status).then(|| {
+                            let detail = format!("{}: {message}", self.table_name);
+                            crate::status_row(
+                                &self.connector_id,
+                                StatusEvent::DeadLettered,
+                                detail,
+                                1,
+                            )
+                        });
                         self.spool
-                            .dead_letter(self.table, single.position, &message)
+                            .dead_letter(self.table, single.position, &message, status.as_deref())
                             .map_err(StreamEnd::Spool)?;
                     }
                     _ => {
@@ -318,6 +331,7 @@ impl Forwarder {
 
 /// Starts one forwarder per table.
 pub fn start(
+    connector_id: &str,
     spool: &Arc<Spool>,
     settings: &ZerobusSettings,
     committed: &Arc<Notify>,
@@ -326,6 +340,7 @@ pub fn start(
     let http = auth::http_client(settings)?;
     for table in Table::ALL {
         let forwarder = Forwarder::new(
+            connector_id.to_owned(),
             Arc::clone(spool),
             Arc::clone(&sdk),
             settings,

@@ -24,3 +24,27 @@ pub fn now_us() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
+
+/// Encodes a status-table row the uplink writes about itself (drops, dead letters).
+pub fn status_row(
+    connector_id: &str,
+    event: iot_connector_proto::StatusEvent,
+    detail: String,
+    count: u64,
+) -> Vec<u8> {
+    use iot_connector_proto::{Detail, Quality, Record, StatusDetail, Value};
+    let now = now_us();
+    let record = Record {
+        seq: 0,
+        event_time_us: now,
+        ingest_time_us: now,
+        quality: Quality::Good,
+        value: Value::Null,
+        detail: Detail::Status(StatusDetail {
+            event,
+            detail,
+            count,
+        }),
+    };
+    iot_connector_proto::table::encode_row(connector_id, UPLINK_SOURCE, &record).1
+}

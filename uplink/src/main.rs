@@ -123,7 +123,7 @@ async fn start(settings: &UplinkSettings) -> Result<Arc<Hub>, UplinkError> {
             source,
         })?;
     if let Some(zerobus) = &settings.zerobus {
-        iot_connector_uplink::forward::start(&spool, zerobus, &committed)?;
+        iot_connector_uplink::forward::start(&settings.connector_id, &spool, zerobus, &committed)?;
     }
     tokio::spawn(compact_when_drained(
         Arc::clone(&spool),

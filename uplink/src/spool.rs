@@ -576,8 +576,15 @@ impl Spool {
         })
     }
 
-    /// Moves one row of `table` to the dead-letter store with the server's reason.
-    pub fn dead_letter(&self, table: Table, position: u64, reason: &str) -> Result<(), SpoolError> {
+    /// Moves one row of `table` to the dead-letter store with the server's reason and, in the same
+    /// transaction, stores `status_row` (the status table's record of it) when given.
+    pub fn dead_letter(
+        &self,
+        table: Table,
+        position: u64,
+        reason: &str,
+        status_row: Option<&[u8]>,
+    ) -> Result<(), SpoolError> {
         self.with_db(|db| {
             let txn = db.begin_write()?;
             {
@@ -585,10 +592,21 @@ impl Spool {
                 let mut dead = txn.open_table(DEAD_LETTERS)?;
                 let mut meta_table = txn.open_table(META)?;
                 let removed = rows.remove(position)?.map(|v| v.value().to_vec());
+                drop(rows);
                 if let Some(sealed) = removed {
                     dead.insert(position, (table as u8, reason, sealed.as_slice()))?;
-                    let live = meta(&meta_table, "live_bytes")?.unwrap_or_default();
-                    meta_table.insert("live_bytes", live.saturating_sub(sealed.len() as u64))?;
+                    let mut live = meta(&meta_table, "live_bytes")?
+                        .unwrap_or_default()
+                        .saturating_sub(sealed.len() as u64);
+                    if let Some(row) = status_row {
+                        let next = meta(&meta_table, "next_position")?.unwrap_or_default();
+                        let sealed_status = self.seal(Table::Status, next, row);
+                        live += sealed_status.len() as u64;
+                        txn.open_table(ROWS_STATUS)?
+                            .insert(next, sealed_status.as_slice())?;
+                        meta_table.insert("next_position", next + 1)?;
+                    }
+                    meta_table.insert("live_bytes", live)?;
                 }
             }
             txn.commit()?;
@@ -734,7 +752,7 @@ mod tests {
         spool
             .append(&[batch("broker", 1, &rows)], &status_row)
             .unwrap();
-        spool.dead_letter(Table::Mqtt, 0, "rejected").unwrap();
+        spool.dead_letter(Table::Mqtt, 0, "rejected", None).unwrap();
         drop(spool);
 
         let spool = keyed(dir.path(), "wrong.key", 1 << 20, SpoolPolicy::Block);
@@ -783,7 +801,9 @@ mod tests {
             spool
                 .append(&[batch("plc", 1, &rows)], &status_row)
                 .unwrap();
-            spool.dead_letter(Table::Opcua, 0, "rejected").unwrap();
+            spool
+                .dead_letter(Table::Opcua, 0, "rejected", None)
+                .unwrap();
             spool
                 .append(&[batch("plc", 2, &rows)], &status_row)
                 .unwrap();

@@ -8,15 +8,10 @@ use std::{
     time::Duration,
 };
 
-use iot_connector_proto::{
-    Detail, Quality, Record, SpoolPolicy, StatusDetail, StatusEvent, Value, table::encode_row,
-};
+use iot_connector_proto::{SpoolPolicy, StatusEvent};
 use tokio::sync::{Notify, oneshot};
 
-use crate::{
-    UPLINK_SOURCE,
-    spool::{Incoming, Spool},
-};
+use crate::spool::{Incoming, Spool};
 
 /// Batches per commit at most, so that one commit's latency stays bounded.
 const MAX_GROUP: usize = 256;
@@ -41,21 +36,9 @@ pub fn run(
     committed: Arc<Notify>,
 ) {
     let status_row = move |count: u64, policy: SpoolPolicy| {
-        let now = crate::now_us();
-        let record = Record {
-            seq: 0,
-            event_time_us: now,
-            ingest_time_us: now,
-            quality: Quality::Good,
-            value: Value::Null,
-            detail: Detail::Status(StatusDetail {
-                event: StatusEvent::Dropped,
-                detail: format!("spool full: policy {policy:?} dropped {count} records"),
-                count,
-            }),
-        };
         tracing::error!(count, ?policy, "Spool full: records dropped.");
-        encode_row(&connector_id, UPLINK_SOURCE, &record).1
+        let detail = format!("spool full: policy {policy:?} dropped {count} records");
+        crate::status_row(&connector_id, StatusEvent::Dropped, detail, count)
     };
     let mut pending: VecDeque<WriterRequest> = VecDeque::new();
     loop {

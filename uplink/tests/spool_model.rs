@@ -492,7 +492,9 @@ impl Harness {
             Op::DeadLetter { table, pick } => {
                 if let Some(position) = self.read_position(*table, pick) {
                     let reason = format!("rejected row {position}");
-                    self.spool().dead_letter(*table, position, &reason).unwrap();
+                    self.spool()
+                        .dead_letter(*table, position, &reason, None)
+                        .unwrap();
                     self.model.dead_letter(*table, position, &reason);
                     add(&coverage.dead_letters, 1);
                 }
