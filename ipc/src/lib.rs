@@ -11,6 +11,7 @@
 mod backoff;
 mod exit;
 mod frame;
+mod logging;
 pub mod os;
 mod phase;
 mod socket;
@@ -18,6 +19,7 @@ mod socket;
 pub use backoff::Backoff;
 pub use exit::ExitStatus;
 pub use frame::{FrameReader, FrameWriter, MAX_FRAME_BYTES, decode, encode};
+pub use logging::{FORMAT_ENV, SOURCE_ENV, init_logging};
 pub use phase::{Phase, handshake};
 pub use socket::{DataListener, DataStream, PeerIdentity, connect_data, new_token, tokens_match};
 

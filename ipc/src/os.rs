@@ -15,6 +15,7 @@ use nix::{
     fcntl::{FcntlArg, FdFlag, fcntl},
     sys::{
         prctl,
+        resource::{Resource, getrlimit, setrlimit},
         signal::Signal,
         stat::{SFlag, fstat},
     },
@@ -26,6 +27,9 @@ use tokio::{
 
 /// The environment variable naming the child's control descriptor.
 pub const CONTROL_FD_ENV: &str = "IOT_CONNECTOR_CONTROL_FD";
+
+/// Open descriptors a child may hold at most.
+const MAX_FILES: u64 = 4096;
 
 /// The descriptor number a child finds its control channel on.
 const CHILD_CONTROL_FD: RawFd = 3;
@@ -65,8 +69,10 @@ pub fn inherited_control() -> io::Result<UnixStream> {
     UnixStream::from_std(stream)
 }
 
-/// Spawns `command` with a control channel on descriptor 3, `no_new_privs`, and a parent-death
-/// signal so that no child outlives its parent. Returns the child and the parent's end.
+/// Spawns `command` with a control channel on descriptor 3, `no_new_privs`, a parent-death signal
+/// so that no child outlives its parent, no core dumps (a dump would hold secrets) and a bounded
+/// number of descriptors. Every other descriptor of ours is close-on-exec, so the child inherits
+/// only stdio and its control channel. Returns the child and the parent's end.
 pub fn spawn_with_control(command: &mut Command) -> io::Result<(Child, UnixStream)> {
     let (parent_end, child_end) = StdUnixStream::pair()?;
     let child_fd = child_end.as_raw_fd();
@@ -82,6 +88,14 @@ pub fn spawn_with_control(command: &mut Command) -> io::Result<(Child, UnixStrea
             }
             prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
             prctl::set_no_new_privs().map_err(io::Error::from)?;
+            setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(io::Error::from)?;
+            let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+            setrlimit(
+                Resource::RLIMIT_NOFILE,
+                MAX_FILES.min(hard),
+                MAX_FILES.min(hard),
+            )
+            .map_err(io::Error::from)?;
             Ok(())
         });
     }

@@ -17,6 +17,12 @@ pub enum Phase {
     UplinkControl,
     /// The supervisor waiting for a child to report ready.
     SupervisorAwaitingReady,
+    /// The supervisor watching a ready child.
+    SupervisorMonitoring,
+    /// The supervisor's side of an operator connection.
+    AwaitingCommand,
+    /// The operator CLI waiting for the answer.
+    AwaitingReply,
     /// The uplink's side of a data connection before it is bound to a source.
     UplinkAwaitingBind,
     /// The uplink's side of a bound data connection.
@@ -36,6 +42,9 @@ impl Phase {
             Self::ChildAwaitingConfig => &["ConfigureUplink", "ConfigureWorker"],
             Self::UplinkControl => &["Grant"],
             Self::SupervisorAwaitingReady => &["Ready"],
+            Self::SupervisorMonitoring => &["Heartbeat"],
+            Self::AwaitingCommand => &["Command"],
+            Self::AwaitingReply => &["Reply"],
             Self::UplinkAwaitingBind => &["Bind"],
             Self::UplinkReceiving => &["Batch"],
             Self::WorkerAwaitingWelcome => &["Welcome"],

@@ -10,8 +10,9 @@ mod record;
 pub mod table;
 
 pub use message::{
-    Message, PROTOCOL_VERSION, Role, SourceGrant, SpoolPolicy, UplinkSettings, WorkerSettings,
-    ZerobusSettings,
+    ACK_LATENCY_BUCKETS_MS, ChildReport, Message, OperatorCommand, OperatorReply, PROTOCOL_VERSION,
+    ProcessStatus, Role, SourceGrant, SpoolPolicy, UplinkReport, UplinkSettings, WorkerReport,
+    WorkerSettings, ZerobusSettings,
 };
 pub use record::{
     Detail, ModbusDetail, MqttDetail, OpcuaDetail, Quality, Record, StatusDetail, StatusEvent,

@@ -18,6 +18,8 @@ pub enum Role {
     Uplink,
     /// A protocol worker.
     Worker,
+    /// An operator command (`iot-connector status|restart|stop|start|reload`) on the control socket.
+    Operator,
 }
 
 /// Every message of every connection: control channels (supervisor ↔ child, an inherited
@@ -45,6 +47,13 @@ pub enum Message {
     Grant(SourceGrant),
     /// Control, child → supervisor: configured and serving.
     Ready,
+    /// Control, child → supervisor, about once a second: alive, and what it has to report.
+    Heartbeat(ChildReport),
+
+    /// Control socket, operator → supervisor.
+    Command(OperatorCommand),
+    /// Control socket, supervisor → operator.
+    Reply(OperatorReply),
 
     /// Data, worker → uplink: the first message after `Hello`, binding the connection to a source.
     Bind {
@@ -77,6 +86,9 @@ impl Message {
             Self::ConfigureWorker(_) => "ConfigureWorker",
             Self::Grant(_) => "Grant",
             Self::Ready => "Ready",
+            Self::Heartbeat(_) => "Heartbeat",
+            Self::Command(_) => "Command",
+            Self::Reply(_) => "Reply",
             Self::Bind { .. } => "Bind",
             Self::Welcome { .. } => "Welcome",
             Self::Batch(_) => "Batch",
@@ -187,4 +199,119 @@ impl std::fmt::Debug for WorkerSettings {
             .field("data_socket", &self.data_socket)
             .finish_non_exhaustive()
     }
+}
+
+/// What a child reports with each heartbeat; the supervisor turns it into `/health` and `/metrics`.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum ChildReport {
+    /// From a protocol worker.
+    Worker(WorkerReport),
+    /// From the uplink.
+    Uplink(UplinkReport),
+}
+
+/// A protocol worker's counters (totals since the process started).
+#[derive(Debug, Clone, Default, PartialEq, Encode, Decode)]
+pub struct WorkerReport {
+    /// Whether the worker holds a working session with its source.
+    pub connected: bool,
+    /// Records handed to the uplink.
+    pub records_read: u64,
+    /// Values the worker could not take (window full, missed scans), by reason.
+    pub dropped: Vec<(String, u64)>,
+    /// Records the source sent that could not be parsed (still forwarded, flagged).
+    pub parse_errors: u64,
+    /// Reconnects to the source.
+    pub reconnects: u64,
+    /// Records pushed and not yet durable.
+    pub unacked: u64,
+    /// The last problem, for `status` and `/health`.
+    pub last_error: Option<String>,
+    /// Days until the worker's own or its peer's certificate expires, when it has one.
+    pub certificate_days_left: Option<i64>,
+}
+
+/// The uplink's counters and gauges.
+#[derive(Debug, Clone, Default, PartialEq, Encode, Decode)]
+pub struct UplinkReport {
+    /// The spool accepts writes (not failing, not blocked full).
+    pub accepting: bool,
+    /// Sealed bytes held.
+    pub spool_bytes: u64,
+    /// Rows held per table, in [`Table::ALL`] order.
+    pub spool_rows: [u64; 4],
+    /// Age of the oldest row not yet acknowledged by Zerobus, seconds.
+    pub oldest_unacked_seconds: f64,
+    /// Records written to the spool per source.
+    pub records_written: Vec<(String, u64)>,
+    /// Records dropped by the full policy.
+    pub dropped_full: u64,
+    /// Re-sent records the spool already held.
+    pub duplicates: u64,
+    /// Rows acknowledged by Zerobus per table, in [`Table::ALL`] order.
+    pub zerobus_acked: [u64; 4],
+    /// Stream (re)openings per table.
+    pub zerobus_reconnects: [u64; 4],
+    /// Whether each table's stream is currently failing (the circuit is open).
+    pub zerobus_failing: [bool; 4],
+    /// Rows moved to the dead-letter store since start.
+    pub dead_letters: u64,
+    /// Durable-ack latency histogram: counts per bucket of [`ACK_LATENCY_BUCKETS_MS`], plus the sum in ms.
+    pub ack_latency_counts: Vec<u64>,
+    /// Sum of all observed ack latencies, ms.
+    pub ack_latency_sum_ms: f64,
+    /// The last problem, for `status` and `/health`.
+    pub last_error: Option<String>,
+}
+
+/// Upper bounds (ms) of the ingestion latency histogram buckets; the last bucket is +Inf.
+pub const ACK_LATENCY_BUCKETS_MS: [f64; 10] = [
+    1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0, 5000.0,
+];
+
+/// What an operator asks the running supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum OperatorCommand {
+    /// Every process's state.
+    Status,
+    /// Restart one source's worker.
+    Restart(String),
+    /// Stop one source's worker (until `Start` or a restart of the service).
+    Stop(String),
+    /// Start a stopped source's worker.
+    Start(String),
+    /// Re-read the configuration file, as SIGHUP does.
+    Reload,
+}
+
+/// The supervisor's answer.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum OperatorReply {
+    /// Done; what was done.
+    Done(String),
+    /// The command named a source the configuration does not have.
+    UnknownSource(String),
+    /// The configuration is invalid (`FILE:LINE: message` each); nothing changed.
+    Invalid(Vec<String>),
+    /// Every process, the uplink first.
+    Status(Vec<ProcessStatus>),
+}
+
+/// One process as `iot-connector status` shows it.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct ProcessStatus {
+    /// Source name, or `uplink`.
+    pub name: String,
+    /// `opcua`, `mqtt`, `modbus` or `uplink`.
+    pub protocol: String,
+    /// `connected`, `connecting`, `failed`, `stopped`, `waiting_for_config_change`.
+    pub state: String,
+    /// Process id while it runs.
+    pub pid: Option<u32>,
+    /// Restarts since the supervisor started.
+    pub restarts: u64,
+    /// Records read from the source (workers).
+    pub records_read: u64,
+    /// The last problem.
+    pub last_error: Option<String>,
 }

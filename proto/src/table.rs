@@ -89,6 +89,16 @@ pub fn descriptor_set() -> prost_types::FileDescriptorSet {
     prost_types::FileDescriptorSet::decode(DESCRIPTOR_SET).unwrap_or_default()
 }
 
+/// When a row was taken in (`ingest_time`, or `event_time` for status rows), µs since the epoch.
+pub fn row_time_us(table: Table, row: &[u8]) -> Option<i64> {
+    match table {
+        Table::Opcua => bronze::OpcuaEvent::decode(row).ok()?.ingest_time,
+        Table::Mqtt => bronze::MqttEvent::decode(row).ok()?.ingest_time,
+        Table::Modbus => bronze::ModbusEvent::decode(row).ok()?.ingest_time,
+        Table::Status => bronze::ConnectorStatus::decode(row).ok()?.event_time,
+    }
+}
+
 /// The `record_id` column: `<connector>/<source>/<seq>`, unique per row, the dedupe key.
 pub fn record_id(connector_id: &str, source: &str, seq: u64) -> String {
     format!("{connector_id}/{source}/{seq}")

@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use crate::{
     auth::{self, AuthError, TableTokens},
     spool::{Spool, SpoolError, Spooled},
+    stats::Stats,
 };
 
 /// Rows per ingest call at most.
@@ -64,16 +65,27 @@ pub fn sdk(settings: &ZerobusSettings) -> Result<ZerobusSdk, ForwardError> {
         .map_err(|e| ForwardError::Sdk(Box::new(e)))
 }
 
+/// What every table's forwarder shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// `[connector] id`, for the uplink's own status rows.
+    pub connector_id: String,
+    /// The spool.
+    pub spool: Arc<Spool>,
+    /// Notified after every commit.
+    pub committed: Arc<Notify>,
+    /// Counters for the heartbeat.
+    pub stats: Arc<Stats>,
+}
+
 /// One table's forwarder.
 pub struct Forwarder {
-    spool: Arc<Spool>,
+    shared: Arc<Shared>,
     sdk: Arc<ZerobusSdk>,
     table: Table,
     table_name: String,
     tokens: Arc<TableTokens>,
     settings_summary: String,
-    connector_id: String,
-    committed: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -117,15 +129,13 @@ fn classify(error: ZerobusError) -> StreamEnd {
 }
 
 impl Forwarder {
-    /// A forwarder for `table`, sending to the three-part table name `table_name`.
+    /// A forwarder for `table`, sending to the table name configured for it.
     pub fn new(
-        connector_id: String,
-        spool: Arc<Spool>,
+        shared: Arc<Shared>,
         sdk: Arc<ZerobusSdk>,
         settings: &ZerobusSettings,
         http: reqwest::Client,
         table: Table,
-        committed: Arc<Notify>,
     ) -> Self {
         let table_name = settings
             .tables
@@ -133,18 +143,17 @@ impl Forwarder {
             .cloned()
             .unwrap_or_default();
         let tokens = Arc::new(TableTokens::new(http, settings, &table_name));
+        let settings_summary = format!(
+            "client id {:?} at workspace {}",
+            settings.client_id, settings.workspace_url
+        );
         Self {
-            spool,
+            shared,
             sdk,
             table,
-            tokens,
-            settings_summary: format!(
-                "client id {:?} at workspace {}",
-                settings.client_id, settings.workspace_url
-            ),
             table_name,
-            connector_id,
-            committed,
+            tokens,
+            settings_summary,
         }
     }
 
@@ -158,7 +167,10 @@ impl Forwarder {
                 continue;
             }
             let end = match self.open().await {
-                Ok(stream) => self.pump(&stream, &mut retry, &mut auth_retry).await,
+                Ok(stream) => {
+                    self.shared.stats.stream_opened(self.table);
+                    self.pump(&stream, &mut retry, &mut auth_retry).await
+                }
                 Err(e) => classify(e),
             };
             let delay = match end {
@@ -173,6 +185,13 @@ impl Forwarder {
     }
 
     fn report(&self, end: StreamEnd, retry: &mut Backoff, auth_retry: &mut Backoff) -> Duration {
+        let reason = match &end {
+            StreamEnd::Auth(r) | StreamEnd::Retry(r) | StreamEnd::Poison(r) => r.clone(),
+            StreamEnd::Spool(e) => e.to_string(),
+        };
+        self.shared
+            .stats
+            .stream_failed(self.table, format!("{}: {reason}", self.table_name));
         match end {
             StreamEnd::Auth(reason) => {
                 let delay = auth_retry.next_delay();
@@ -195,13 +214,14 @@ impl Forwarder {
     }
 
     fn has_rows(&self) -> bool {
-        self.spool
+        self.shared
+            .spool
             .read(self.table, None, 1, 1)
             .is_ok_and(|rows| !rows.is_empty())
     }
 
     async fn idle(&self) {
-        let _ = tokio::time::timeout(IDLE_POLL, self.committed.notified()).await;
+        let _ = tokio::time::timeout(IDLE_POLL, self.shared.committed.notified()).await;
     }
 
     async fn open(&self) -> Result<ZerobusStream, ZerobusError> {
@@ -229,19 +249,25 @@ impl Forwarder {
         auth_retry: &mut Backoff,
     ) -> StreamEnd {
         let mut cursor: Option<u64> = None;
-        let mut inflight: VecDeque<(OffsetId, u64)> = VecDeque::new();
+        // (offset, last position, rows) of every ingest call not yet acknowledged.
+        let mut inflight: VecDeque<(OffsetId, u64, u64)> = VecDeque::new();
         loop {
             if inflight.len() < INFLIGHT_BATCHES {
-                let rows = match self.spool.read(self.table, cursor, BATCH_ROWS, BATCH_BYTES) {
+                let rows = match self
+                    .shared
+                    .spool
+                    .read(self.table, cursor, BATCH_ROWS, BATCH_BYTES)
+                {
                     Ok(rows) => rows,
                     Err(e) => return StreamEnd::Spool(e),
                 };
                 if let Some(last) = rows.last().map(|r| r.position) {
+                    let count = rows.len() as u64;
                     match stream
                         .ingest_records_offset(rows.into_iter().map(|r| r.row))
                         .await
                     {
-                        Ok(Some(offset)) => inflight.push_back((offset, last)),
+                        Ok(Some(offset)) => inflight.push_back((offset, last, count)),
                         Ok(None) => {}
                         Err(e) => return classify(e),
                     }
@@ -249,7 +275,7 @@ impl Forwarder {
                     continue;
                 }
             }
-            let Some(&(offset, last)) = inflight.front() else {
+            let Some(&(offset, last, count)) = inflight.front() else {
                 self.idle().await;
                 continue;
             };
@@ -257,7 +283,8 @@ impl Forwarder {
                 return classify(e);
             }
             inflight.pop_front();
-            if let Err(e) = self.spool.remove_through(self.table, last) {
+            self.shared.stats.zerobus_acked(self.table, count);
+            if let Err(e) = self.shared.spool.remove_through(self.table, last) {
                 return StreamEnd::Spool(e);
             }
             retry.reset();
@@ -269,6 +296,7 @@ impl Forwarder {
     /// dead-letters each with `reason`, and delivers the rest.
     async fn isolate(&self, reason: &str) -> Result<(), StreamEnd> {
         let window = self
+            .shared
             .spool
             .read(self.table, None, BATCH_ROWS * INFLIGHT_BATCHES, usize::MAX)
             .map_err(StreamEnd::Spool)?;
@@ -292,9 +320,13 @@ impl Forwarder {
             };
             match sent.map_err(classify) {
                 Ok(()) => {
-                    self.spool
+                    self.shared
+                        .spool
                         .remove_through(self.table, last)
                         .map_err(StreamEnd::Spool)?;
+                    self.shared
+                        .stats
+                        .zerobus_acked(self.table, chunk.len() as u64);
                     stream = Some(open);
                 }
                 Err(StreamEnd::Poison(message)) => match chunk.as_slice() {
@@ -305,15 +337,17 @@ impl Forwarder {
                         let status = (self.table != Table::Status).then(|| {
                             let detail = format!("{}: {message}", self.table_name);
                             crate::status_row(
-                                &self.connector_id,
+                                &self.shared.connector_id,
                                 StatusEvent::DeadLettered,
                                 detail,
                                 1,
                             )
                         });
-                        self.spool
+                        self.shared
+                            .spool
                             .dead_letter(self.table, single.position, &message, status.as_deref())
                             .map_err(StreamEnd::Spool)?;
+                        self.shared.stats.dead_lettered();
                     }
                     _ => {
                         let mut left = chunk;
@@ -330,23 +364,16 @@ impl Forwarder {
 }
 
 /// Starts one forwarder per table.
-pub fn start(
-    connector_id: &str,
-    spool: &Arc<Spool>,
-    settings: &ZerobusSettings,
-    committed: &Arc<Notify>,
-) -> Result<(), ForwardError> {
+pub fn start(shared: &Arc<Shared>, settings: &ZerobusSettings) -> Result<(), ForwardError> {
     let sdk = Arc::new(sdk(settings)?);
     let http = auth::http_client(settings)?;
     for table in Table::ALL {
         let forwarder = Forwarder::new(
-            connector_id.to_owned(),
-            Arc::clone(spool),
+            Arc::clone(shared),
             Arc::clone(&sdk),
             settings,
             http.clone(),
             table,
-            Arc::clone(committed),
         );
         tokio::spawn(forwarder.run());
     }

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod forward;
 pub mod server;
 pub mod spool;
+pub mod stats;
 pub mod writer;
 
 /// The `source_name` of the status rows the uplink writes itself (drops, dead letters).

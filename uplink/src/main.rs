@@ -4,11 +4,15 @@
 
 use std::{path::Path, process::ExitCode, sync::Arc};
 
-use iot_connector_ipc::{ExitStatus, FrameReader, FrameWriter, IpcError, Phase, handshake, os};
-use iot_connector_proto::{Message, Role, UplinkSettings};
+use iot_connector_ipc::{
+    DataListener, ExitStatus, FrameReader, FrameWriter, IpcError, Phase, handshake, os,
+};
+use iot_connector_proto::{ChildReport, Message, Role, UplinkSettings};
 use iot_connector_uplink::{
+    forward,
     server::Hub,
     spool::{SealKey, Spool, SpoolError},
+    stats::Stats,
     writer,
 };
 
@@ -24,7 +28,7 @@ enum UplinkError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    Forward(#[from] iot_connector_uplink::forward::ForwardError),
+    Forward(#[from] forward::ForwardError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -43,13 +47,7 @@ impl UplinkError {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    iot_connector_ipc::init_logging();
     match run() {
         Ok(()) => ExitStatus::Ok.into(),
         Err(e) => {
@@ -77,22 +75,64 @@ async fn serve() -> Result<(), UplinkError> {
     else {
         return Err(IpcError::Handshake("expected ConfigureUplink".into()).into());
     };
-    let hub = start(&settings).await?;
+    let (hub, listener, shared) = start(&settings)?;
     writer.send(&Message::Ready).await?;
-    loop {
-        match reader.recv().await? {
-            // The supervisor is gone: stop; the spool keeps whatever is not forwarded yet.
-            None => return Ok(()),
-            Some(message) => {
-                if let Message::Grant(grant) = Phase::UplinkControl.check(message)? {
-                    hub.grant(grant);
+    tokio::spawn(heartbeats(writer, Arc::clone(&shared)));
+    let control = async {
+        loop {
+            match reader.recv().await? {
+                // The supervisor is gone: stop; the spool keeps what is not forwarded yet.
+                None => return Ok(()),
+                Some(message) => {
+                    if let Message::Grant(grant) = Phase::UplinkControl.check(message)? {
+                        hub.grant(grant);
+                    }
                 }
             }
+        }
+    };
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(UplinkError::Runtime)?;
+    tokio::select! {
+        result = control => result,
+        _ = terminate.recv() => {
+            // The supervisor stops the workers first; commit what they sent, then go. Whatever is
+            // not forwarded yet stays in the spool for the next start.
+            hub.drain().await;
+            tracing::info!("Stopped on SIGTERM; the spool holds the rest.");
+            Ok(())
+        }
+        failed = Arc::clone(&hub).serve(listener) => Err(UplinkError::Listen {
+            path: settings.data_socket.clone(),
+            source: failed.err().unwrap_or_else(|| std::io::Error::other("listener ended")),
+        }),
+    }
+}
+
+/// Tells the supervisor every second that the uplink is alive, with its counters.
+async fn heartbeats(
+    mut writer: FrameWriter<tokio::net::unix::OwnedWriteHalf>,
+    shared: Arc<forward::Shared>,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let shared = Arc::clone(&shared);
+        let Ok(report) =
+            tokio::task::spawn_blocking(move || shared.stats.report(&shared.spool)).await
+        else {
+            return;
+        };
+        let message = Message::Heartbeat(ChildReport::Uplink(report));
+        if writer.send(&message).await.is_err() {
+            return;
         }
     }
 }
 
-async fn start(settings: &UplinkSettings) -> Result<Arc<Hub>, UplinkError> {
+type Started = (Arc<Hub>, DataListener, Arc<forward::Shared>);
+
+fn start(settings: &UplinkSettings) -> Result<Started, UplinkError> {
     let key = settings
         .key_file
         .as_deref()
@@ -104,42 +144,47 @@ async fn start(settings: &UplinkSettings) -> Result<Arc<Hub>, UplinkError> {
         settings.max_bytes,
         settings.full_policy,
     )?);
+    let shared = Arc::new(forward::Shared {
+        connector_id: settings.connector_id.clone(),
+        spool: Arc::clone(&spool),
+        committed: Arc::new(tokio::sync::Notify::new()),
+        stats: Arc::new(Stats::default()),
+    });
     let (requests, queue) = std::sync::mpsc::channel();
-    let committed = Arc::new(tokio::sync::Notify::new());
     {
-        let (spool, connector_id, committed) = (
+        let (spool, connector_id, committed, stats) = (
             Arc::clone(&spool),
             settings.connector_id.clone(),
-            Arc::clone(&committed),
+            Arc::clone(&shared.committed),
+            Arc::clone(&shared.stats),
         );
         std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || writer::run(spool, connector_id, queue, committed))
+            .spawn(move || writer::run(spool, connector_id, queue, committed, stats))
             .map_err(UplinkError::Runtime)?;
     }
-    let listener = iot_connector_ipc::DataListener::bind(Path::new(&settings.data_socket))
-        .map_err(|source| UplinkError::Listen {
+    let listener = DataListener::bind(Path::new(&settings.data_socket)).map_err(|source| {
+        UplinkError::Listen {
             path: settings.data_socket.clone(),
             source,
-        })?;
+        }
+    })?;
     if let Some(zerobus) = &settings.zerobus {
-        iot_connector_uplink::forward::start(&settings.connector_id, &spool, zerobus, &committed)?;
+        forward::start(&shared, zerobus)?;
     }
     tokio::spawn(compact_when_drained(
         Arc::clone(&spool),
         Path::new(&settings.spool_dir).join("spool.redb"),
     ));
-    let hub = Arc::new(Hub::new(settings.connector_id.clone(), requests));
+    let hub = Arc::new(Hub::new(
+        settings.connector_id.clone(),
+        requests,
+        Arc::clone(&shared.stats),
+    ));
     for grant in &settings.grants {
         hub.grant(grant.clone());
     }
-    let serving = Arc::clone(&hub);
-    tokio::spawn(async move {
-        if let Err(e) = serving.serve(listener).await {
-            tracing::error!(error = %e, "Data socket failed.");
-        }
-    });
-    Ok(hub)
+    Ok((hub, listener, shared))
 }
 
 /// redb keeps its file at the high-water mark; once everything is forwarded, give the disk back.

@@ -13,7 +13,14 @@ use iot_connector_ipc::{
 use iot_connector_proto::{Detail, Message, Record, Role, SourceGrant, Table, table::encode_row};
 use tokio::sync::oneshot;
 
-use crate::{spool::Incoming, writer::WriterRequest};
+use crate::{spool::Incoming, stats::Stats, writer::WriterRequest};
+
+/// A batch waiting for its commit: its last seq, when it arrived, and the writer's answer.
+type PendingAck = (
+    u64,
+    std::time::Instant,
+    oneshot::Receiver<Result<(), String>>,
+);
 
 /// Shared by every connection.
 #[derive(Debug)]
@@ -24,6 +31,7 @@ pub struct Hub {
     /// queued only by the connection currently bound to its source, so that a new connection's
     /// barrier sees every batch of the connection it replaced.
     routes: Mutex<Routes>,
+    stats: Arc<Stats>,
 }
 
 #[derive(Debug)]
@@ -34,9 +42,14 @@ struct Routes {
 
 impl Hub {
     /// A hub feeding `writer`.
-    pub fn new(connector_id: String, writer: mpsc::Sender<WriterRequest>) -> Self {
+    pub fn new(
+        connector_id: String,
+        writer: mpsc::Sender<WriterRequest>,
+        stats: Arc<Stats>,
+    ) -> Self {
         Self {
             connector_id,
+            stats,
             grants: Mutex::default(),
             routes: Mutex::new(Routes {
                 writer,
@@ -88,12 +101,15 @@ impl Hub {
         tracing::info!(source = %source, pid = ?peer.pid, ?last_durable_seq, "Worker connected.");
 
         // Acks go out in commit order from their own task, so reading never waits for a commit.
-        let (ack_tx, mut ack_rx) =
-            tokio::sync::mpsc::unbounded_channel::<(u64, oneshot::Receiver<Result<(), String>>)>();
+        let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<PendingAck>();
+        let stats = &self.stats;
         let acker = async move {
-            while let Some((up_to_seq, done)) = ack_rx.recv().await {
+            while let Some((up_to_seq, received, done)) = ack_rx.recv().await {
                 let message = match done.await {
-                    Ok(Ok(())) => Message::Ack { up_to_seq },
+                    Ok(Ok(())) => {
+                        stats.ack_latency(received.elapsed());
+                        Message::Ack { up_to_seq }
+                    }
                     Ok(Err(reason)) => Message::Refused { reason },
                     Err(_) => Message::Refused {
                         reason: "uplink is shutting down".into(),
@@ -129,6 +145,17 @@ impl Hub {
                 "wrong token for source {source:?}: only the supervisor's current worker may connect"
             )),
             None => Err(format!("unknown source {source:?}")),
+        }
+    }
+
+    /// Waits until every batch queued so far is committed (for a clean stop).
+    pub async fn drain(&self) {
+        let (reply, answer) = oneshot::channel();
+        let sent = lock(&self.routes)
+            .writer
+            .send(WriterRequest::Barrier(String::new(), reply));
+        if sent.is_ok() {
+            let _ = answer.await;
         }
     }
 
@@ -172,7 +199,7 @@ impl Hub {
         source: &str,
         table: Table,
         generation: u64,
-        acks: &tokio::sync::mpsc::UnboundedSender<(u64, oneshot::Receiver<Result<(), String>>)>,
+        acks: &tokio::sync::mpsc::UnboundedSender<PendingAck>,
     ) -> Result<(), IpcError> {
         let mut last_seq: Option<u64> = None;
         loop {
@@ -185,6 +212,7 @@ impl Hub {
                     }
                 },
             };
+            let received = std::time::Instant::now();
             let Some(up_to_seq) = records.last().map(|r| r.seq) else {
                 continue;
             };
@@ -201,7 +229,7 @@ impl Hub {
                     done,
                 ),
             )?;
-            if acks.send((up_to_seq, ack)).is_err() {
+            if acks.send((up_to_seq, received, ack)).is_err() {
                 return Ok(());
             }
         }

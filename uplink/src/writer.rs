@@ -11,7 +11,10 @@ use std::{
 use iot_connector_proto::{SpoolPolicy, StatusEvent};
 use tokio::sync::{Notify, oneshot};
 
-use crate::spool::{Incoming, Spool};
+use crate::{
+    spool::{Incoming, Spool},
+    stats::Stats,
+};
 
 /// Batches per commit at most, so that one commit's latency stays bounded.
 const MAX_GROUP: usize = 256;
@@ -34,6 +37,7 @@ pub fn run(
     connector_id: String,
     requests: mpsc::Receiver<WriterRequest>,
     committed: Arc<Notify>,
+    stats: Arc<Stats>,
 ) {
     let status_row = move |count: u64, policy: SpoolPolicy| {
         tracing::error!(count, ?policy, "Spool full: records dropped.");
@@ -54,7 +58,7 @@ pub fn run(
                 Err(_) => break,
             }
         }
-        let blocked = commit_group(&spool, &mut pending, &status_row);
+        let blocked = commit_group(&spool, &mut pending, &status_row, &stats);
         committed.notify_waiters();
         if blocked {
             // `block` policy and the spool is full: wait for the forwarder to free space, then
@@ -73,6 +77,7 @@ fn commit_group(
     spool: &Spool,
     pending: &mut VecDeque<WriterRequest>,
     status_row: &dyn Fn(u64, SpoolPolicy) -> Vec<u8>,
+    stats: &Stats,
 ) -> bool {
     let appends = pending
         .iter()
@@ -94,10 +99,19 @@ fn commit_group(
                 if outcome.duplicates > 0 {
                     tracing::debug!(duplicates = outcome.duplicates, "Dropped re-sent records.");
                 }
+                let rows: Vec<(&str, u64)> = batches
+                    .iter()
+                    .take(outcome.committed)
+                    .map(|b| (b.source.as_str(), b.rows.len() as u64))
+                    .collect();
+                let dropped = outcome.dropped_newest + outcome.evicted_oldest;
+                let blocked = outcome.committed < batches.len();
+                stats.committed(&rows, dropped, outcome.duplicates, blocked);
                 (outcome.committed, None)
             }
             Err(e) => {
                 tracing::error!(error = %e, "Spool commit failed; batches are refused and will be re-sent.");
+                stats.commit_failed(format!("spool commit failed: {e}"));
                 (appends, Some(e.to_string()))
             }
         }

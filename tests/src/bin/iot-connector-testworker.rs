@@ -4,7 +4,12 @@
 //! acknowledged record arrived.
 //!
 //! Its `source_config` (TOML): `count` (last sequence number to push), `table` (`opcua`, `mqtt`,
-//! `modbus`), `acked_file` (optional path), `payload_bytes` (optional MQTT payload size).
+//! `modbus`), `acked_file` (optional path), `payload_bytes` (optional MQTT payload size), `rate`
+//! (records per second, unlimited when absent) and `latency_file` (optional path: the p50 and p99
+//! of push-to-durable-ack latency in ms, sampled, written once everything is acknowledged).
+//! Unknown keys are ignored, so the supervisor's end-to-end tests can run it in place of a
+//! protocol worker with that protocol's slice: it then streams Modbus records at 200 per second
+//! until stopped.
 #![forbid(unsafe_code)]
 
 use std::{process::ExitCode, time::Duration};
@@ -13,14 +18,31 @@ use iot_connector_proto::{Detail, ModbusDetail, MqttDetail, OpcuaDetail, Quality
 use iot_connector_runtime::{Sink, SinkOptions, init_logging, now_us, start};
 
 #[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 struct TestSource {
+    #[serde(default = "unbounded")]
     count: u64,
+    #[serde(default = "modbus")]
     table: String,
     acked_file: Option<String>,
     #[serde(default)]
     payload_bytes: usize,
+    rate: Option<u64>,
+    latency_file: Option<String>,
 }
+
+fn unbounded() -> u64 {
+    u64::MAX
+}
+
+fn modbus() -> String {
+    "modbus".into()
+}
+
+/// The pace of an endless stream when no `rate` is given.
+const STREAMING_RATE: u64 = 200;
+
+/// Every how many records one push-to-ack latency is sampled.
+const SAMPLE_EVERY: u64 = 64;
 
 fn main() -> ExitCode {
     init_logging();
@@ -49,6 +71,7 @@ async fn run() -> ExitCode {
         }
     };
     let sink = std::sync::Arc::new(Sink::connect(&settings, SinkOptions::default()).await);
+    iot_connector_runtime::health().set_connected(true);
     if let Some(path) = source.acked_file.clone() {
         let mut acked = sink.acked();
         tokio::spawn(async move {
@@ -68,10 +91,37 @@ async fn run() -> ExitCode {
             }
         });
     }
+    let samples = std::sync::Arc::new(std::sync::Mutex::new(Latencies::default()));
+    if source.latency_file.is_some() {
+        let (mut acked, samples) = (sink.acked(), std::sync::Arc::clone(&samples));
+        tokio::spawn(async move {
+            while acked.changed().await.is_ok() {
+                let up_to = (*acked.borrow_and_update()).unwrap_or(0);
+                if let Ok(mut samples) = samples.lock() {
+                    samples.acked(up_to);
+                }
+            }
+        });
+    }
     let pid = std::process::id();
     let payload = vec![b'x'; source.payload_bytes];
+    let started = tokio::time::Instant::now();
+    let mut pushed = 0u64;
     while sink.next_seq() <= source.count {
+        let rate = source
+            .rate
+            .or((source.count == u64::MAX).then_some(STREAMING_RATE));
+        if let Some(rate) = rate.filter(|r| *r > 0) {
+            let due = started + Duration::from_secs_f64(pushed as f64 / rate as f64);
+            tokio::time::sleep_until(due).await;
+        }
+        pushed += 1;
         let seq = sink.next_seq();
+        if seq % SAMPLE_EVERY == 0
+            && let Ok(mut samples) = samples.lock()
+        {
+            samples.pending.push_back((seq, std::time::Instant::now()));
+        }
         let detail = match source.table.as_str() {
             "opcua" => Detail::Opcua(OpcuaDetail {
                 node_id: format!("ns=2;i={seq}"),
@@ -99,9 +149,43 @@ async fn run() -> ExitCode {
     }
     sink.flush().await;
     tracing::info!(count = source.count, "All records acknowledged.");
+    if let Some(path) = &source.latency_file {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let text = samples.lock().map(|s| s.percentiles()).unwrap_or_default();
+        if std::fs::write(path, text).is_err() {
+            tracing::warn!(path = %path, "Cannot write latency_file.");
+        }
+    }
     tokio::select! {
         () = control.closed() => {}
         () = tokio::time::sleep(Duration::from_secs(3600)) => {}
     }
     ExitCode::SUCCESS
+}
+
+/// Sampled push-to-durable-ack latencies.
+#[derive(Debug, Default)]
+struct Latencies {
+    pending: std::collections::VecDeque<(u64, std::time::Instant)>,
+    done_ms: Vec<f64>,
+}
+
+impl Latencies {
+    fn acked(&mut self, up_to: u64) {
+        while let Some((_, pushed)) = self.pending.front().filter(|(seq, _)| *seq <= up_to) {
+            self.done_ms.push(pushed.elapsed().as_secs_f64() * 1000.0);
+            self.pending.pop_front();
+        }
+    }
+
+    /// `"<p50> <p99>"` in milliseconds.
+    fn percentiles(&self) -> String {
+        let mut sorted = self.done_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+            sorted.get(index).copied().unwrap_or(f64::NAN)
+        };
+        format!("{:.3} {:.3}", at(0.50), at(0.99))
+    }
 }

@@ -8,13 +8,18 @@
 //! bounded decoder of `iot-connector-ipc`. No `unsafe`.
 #![forbid(unsafe_code)]
 
+mod health;
 mod uplink;
 
+pub use health::{Health, health};
 pub use iot_connector_ipc::Backoff;
 pub use uplink::{Sink, SinkOptions, WindowFull};
 
 use iot_connector_ipc::{ExitStatus, FrameReader, FrameWriter, IpcError, Phase, handshake, os};
-use iot_connector_proto::{Message, Role, WorkerSettings};
+use iot_connector_proto::{ChildReport, Message, Role, WorkerSettings};
+
+/// How often a worker tells the supervisor it is alive.
+pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Microseconds since the epoch, UTC.
 pub fn now_us() -> i64 {
@@ -38,20 +43,11 @@ impl StartError {
     }
 }
 
-/// Sets up logging (stderr, `RUST_LOG`, every line tagged with the source once known).
-pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-}
+pub use iot_connector_ipc::init_logging;
 
 /// Adopts the control channel, handshakes with the supervisor, receives this worker's settings
-/// and reports ready. The returned guard keeps the channel open; when the supervisor goes away,
-/// [`Control::closed`] resolves.
+/// and reports ready; from then on a heartbeat carries [`health()`] to the supervisor every
+/// [`HEARTBEAT_INTERVAL`]. When the supervisor goes away, [`Control::closed`] resolves.
 pub async fn start() -> Result<(WorkerSettings, Control), StartError> {
     let control = os::inherited_control().map_err(IpcError::Io)?;
     let (rx, tx) = control.into_split();
@@ -62,20 +58,23 @@ pub async fn start() -> Result<(WorkerSettings, Control), StartError> {
         return Err(IpcError::Handshake("expected ConfigureWorker".into()).into());
     };
     writer.send(&Message::Ready).await?;
-    Ok((
-        settings,
-        Control {
-            reader,
-            _writer: writer,
-        },
-    ))
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+        loop {
+            tick.tick().await;
+            let report = ChildReport::Worker(health().report());
+            if writer.send(&Message::Heartbeat(report)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok((settings, Control { reader }))
 }
 
 /// The worker's end of its control channel.
 #[derive(Debug)]
 pub struct Control {
     reader: FrameReader<tokio::net::unix::OwnedReadHalf>,
-    _writer: FrameWriter<tokio::net::unix::OwnedWriteHalf>,
 }
 
 impl Control {

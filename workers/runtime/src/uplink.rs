@@ -126,6 +126,7 @@ impl Sink {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let seq = next.0;
         next.0 += 1;
+        crate::health().pushed();
         let record = Record {
             seq,
             event_time_us,
@@ -342,6 +343,7 @@ impl Client {
         }
         self.sent = self.sent.saturating_sub(released);
         self.permits.add_permits(released);
+        crate::health().acked(released as u64);
         self.acked.send_if_modified(|acked| {
             let newer = acked.is_none_or(|a| up_to > a);
             if newer {

@@ -1,0 +1,128 @@
+//! End-to-end throughput and durable-ack latency of the data path: test workers → uplink (spool,
+//! group commit, fsync) → real Zerobus SDK over TLS → local Zerobus emulator.
+//!
+//! Run: `cargo build --release --workspace && cargo bench --bench pipeline`. Prints one line per
+//! scenario, `records_per_second=N ack_p50_ms=X ack_p99_ms=Y workers=K`, plus the uplink's peak
+//! RSS; the last line is the 8-worker run.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a bench binary
+
+use std::{path::Path, time::Duration};
+
+use iot_connector_proto::Table;
+use iot_connector_sim_zerobus::EmulatorOptions;
+use iot_connector_tests::{Uplink, start_worker, uplink_settings, wait_until, zerobus_settings};
+
+struct Outcome {
+    records_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    uplink_peak_rss_kib: u64,
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn latencies(dir: &Path, workers: usize) -> (f64, f64) {
+    let parsed: Vec<(f64, f64)> = (0..workers)
+        .filter_map(|w| std::fs::read_to_string(dir.join(format!("latency{w}"))).ok())
+        .filter_map(|t| {
+            let mut it = t.split_whitespace().filter_map(|v| v.parse::<f64>().ok());
+            Some((it.next()?, it.next()?))
+        })
+        .collect();
+    let n = parsed.len().max(1) as f64;
+    // The mean over workers of each worker's percentile: every worker sees the same commits.
+    (
+        parsed.iter().map(|p| p.0).sum::<f64>() / n,
+        parsed.iter().map(|p| p.1).sum::<f64>() / n,
+    )
+}
+
+async fn run(workers: usize, per_worker: u64, rate: Option<u64>) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let zerobus = iot_connector_sim_zerobus::start(EmulatorOptions::default())
+        .await
+        .unwrap();
+    let mut settings = uplink_settings(dir.path());
+    settings.zerobus = Some(zerobus_settings(&zerobus));
+    let mut uplink = Uplink::start(settings).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut running = Vec::new();
+    for w in 0..workers {
+        let config = format!(
+            "count = {per_worker}\ntable = \"mqtt\"\npayload_bytes = 64\nlatency_file = {:?}\n{}",
+            dir.path().join(format!("latency{w}")).display().to_string(),
+            rate.map(|r| format!("rate = {r}\n")).unwrap_or_default(),
+        );
+        let worker_settings = uplink
+            .grant(&format!("bench{w}"), Table::Mqtt, &config)
+            .await
+            .unwrap();
+        running.push(
+            start_worker("iot-connector-testworker", worker_settings)
+                .await
+                .unwrap(),
+        );
+    }
+    let total = workers * per_worker as usize;
+    let state = zerobus.state().clone();
+    let table = iot_connector_tests::TABLES[1];
+    assert!(
+        state
+            .wait_until(Duration::from_secs(600), |s| s.row_count(table) >= total)
+            .await
+    );
+    let elapsed = started.elapsed().as_secs_f64();
+    wait_until(Duration::from_secs(30), || {
+        (0..workers).all(|w| dir.path().join(format!("latency{w}")).exists())
+    })
+    .await;
+    let (p50_ms, p99_ms) = latencies(dir.path(), workers);
+    let uplink_peak_rss_kib = peak_rss_kib(uplink.process.pid());
+    for mut worker in running {
+        worker.kill().await;
+    }
+    uplink.process.kill().await;
+    Outcome {
+        records_per_second: total as f64 / elapsed,
+        p50_ms,
+        p99_ms,
+        uplink_peak_rss_kib,
+    }
+}
+
+fn report(outcome: &Outcome, workers: usize) {
+    println!(
+        "uplink_peak_rss_mib={:.1} workers={workers}",
+        outcome.uplink_peak_rss_kib as f64 / 1024.0
+    );
+    println!(
+        "records_per_second={:.0} ack_p50_ms={:.2} ack_p99_ms={:.2} workers={workers}",
+        outcome.records_per_second, outcome.p50_ms, outcome.p99_ms
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument is ignored: the scenarios are few.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let single = run(1, 300_000, None).await;
+        let half = (single.records_per_second / 2.0) as u64;
+        let paced = run(1, (half * 5).max(1000), Some(half)).await;
+        println!("# half rate: {half} records/s offered by one worker");
+        report(&paced, 1);
+        report(&single, 1);
+        let eight = run(8, 40_000, None).await;
+        report(&eight, 8);
+    });
+}
