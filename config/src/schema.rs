@@ -211,16 +211,27 @@ impl std::str::FromStr for ByteSize {
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
+        // A visitor rather than an untagged enum: its errors name the expected form and keep
+        // the value's position in the file.
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size like \"10GiB\" or a number of bytes")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<ByteSize, E> {
+                u64::try_from(n)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("{n} is negative: a size is 0 or more bytes")))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ByteSize, E> {
+                text.parse().map_err(E::custom)
+            }
         }
-        match Raw::deserialize(deserializer)? {
-            Raw::Number(n) => Ok(ByteSize(n)),
-            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
-        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 
@@ -281,6 +292,38 @@ pub struct OpcuaSource {
     /// Browse discovery of further nodes.
     #[serde(default)]
     pub browse: Vec<OpcuaBrowse>,
+    /// How long one connection attempt (endpoint discovery, secure channel, session) may take
+    /// before it is abandoned, reported and retried with backoff.
+    #[serde(default = "default_opcua_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// The server-side queue of each monitored item, in values. Default: room for the samples
+    /// of two publishing intervals (`2 * publishing / sampling`, at least 2), so a value that
+    /// changes at every sample loses nothing between two publishes.
+    #[serde(default)]
+    pub queue_size: Option<u32>,
+    /// X.509 user identity: the user certificate (DER or PEM). With `user_private_key_file`;
+    /// excludes `username`.
+    #[serde(default)]
+    pub user_certificate_file: Option<String>,
+    /// X.509 user identity: the private key of `user_certificate_file` (PEM).
+    #[serde(default)]
+    pub user_private_key_file: Option<String>,
+    /// Allow the deprecated policies `Basic128Rsa15` and `Basic256` (SHA-1). Off: a source that
+    /// names one of them is a configuration error.
+    #[serde(default)]
+    pub allow_deprecated_security: bool,
+    /// A subscription from which nothing (neither data nor keep-alive) arrives for this many
+    /// publishing intervals (at least 5 s) while the session is up is deleted and created again.
+    #[serde(default = "default_opcua_watchdog_intervals")]
+    pub watchdog_intervals: u32,
+}
+
+fn default_opcua_connect_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_opcua_watchdog_intervals() -> u32 {
+    10
 }
 
 /// OPC-UA security policy.
@@ -297,6 +340,10 @@ pub enum SecurityPolicy {
     /// Aes256_Sha256_RsaPss.
     #[serde(rename = "Aes256_Sha256_RsaPss")]
     Aes256Sha256RsaPss,
+    /// Basic128Rsa15: deprecated (SHA-1), only with `allow_deprecated_security = true`.
+    Basic128Rsa15,
+    /// Basic256: deprecated (SHA-1), only with `allow_deprecated_security = true`.
+    Basic256,
 }
 
 /// OPC-UA message security mode.
@@ -330,6 +377,13 @@ pub struct OpcuaNode {
     /// Report only changes larger than this percentage of the EU range.
     #[serde(default)]
     pub deadband_percent: Option<f64>,
+    /// Publishing interval of the subscription this node joins; the source's when absent.
+    /// Nodes with the same interval share one subscription.
+    #[serde(default)]
+    pub publishing_interval_ms: Option<u64>,
+    /// Server-side queue size of this node; the source's `queue_size` when absent.
+    #[serde(default)]
+    pub queue_size: Option<u32>,
 }
 
 /// One browse discovery root.
@@ -344,6 +398,19 @@ pub struct OpcuaBrowse {
     /// Glob patterns on the browse name; all variables when empty.
     #[serde(default)]
     pub include: Vec<String>,
+    /// Variables taken from this root at most; more are logged as skipped, never silently.
+    #[serde(default = "default_browse_max_nodes")]
+    pub max_nodes: u32,
+    /// Sampling interval of the variables found; the publishing interval when absent.
+    #[serde(default)]
+    pub sampling_interval_ms: Option<u64>,
+    /// Publishing interval of the variables found; the source's when absent.
+    #[serde(default)]
+    pub publishing_interval_ms: Option<u64>,
+}
+
+fn default_browse_max_nodes() -> u32 {
+    10_000
 }
 
 fn default_depth() -> u32 {
@@ -386,9 +453,18 @@ pub struct MqttSource {
     /// `"3.1.1"` or `"5"`.
     #[serde(default)]
     pub mqtt_version: MqttVersion,
+    /// MQTT 5 only, with `clean_session = false`: how long the broker keeps the session (and
+    /// queues messages for it) while the connector is away. Default one week; `4294967295`
+    /// means never expire, like an MQTT 3.1.1 persistent session. Brokers may cap it.
+    #[serde(default = "default_session_expiry_seconds")]
+    pub session_expiry_seconds: u32,
     /// Subscriptions.
     #[serde(default)]
     pub topics: Vec<MqttTopic>,
+}
+
+fn default_session_expiry_seconds() -> u32 {
+    7 * 24 * 3600
 }
 
 /// MQTT protocol version.

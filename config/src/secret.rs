@@ -1,4 +1,17 @@
 //! A configuration value that must never reach a log line.
+//!
+//! How a secret is written, and resolved at load time (before the typed config exists):
+//! - `file:PATH`: the file's content, trailing newlines removed (`PATH` may use `${NAME}` and is
+//!   relative to the config file);
+//! - `credential:NAME`: `$CREDENTIALS_DIRECTORY/NAME`, from systemd's `LoadCredential=NAME:…`;
+//! - `enc:…`: opened with the connector's key (`[spool] key_file` or `<state_dir>/keys/spool.key`,
+//!   see [`crate::secrets`]);
+//! - anything else: the text with `${NAME}` expanded. A variable's value is used as is, never
+//!   read as `file:`/`enc:` itself.
+//!
+//! The loader recognises secret keys by name: `password`, `client_secret`, any key ending in
+//! `_password`, `_secret` or `_token`, and `[zerobus] client_id`. A new `Secret` field must be
+//! named so (or be added to `load::is_secret`), or its value is taken literally.
 
 use serde::{Deserialize, Serialize};
 

@@ -51,8 +51,10 @@ impl Process {
         role: Role,
         configure: Message,
         log: Option<&Path>,
+        env: &[(&str, &str)],
     ) -> Result<Self, IpcError> {
         let mut command = Command::new(bin(binary));
+        command.envs(env.iter().copied());
         command.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -120,7 +122,8 @@ impl Uplink {
         log: Option<&Path>,
     ) -> Result<Self, IpcError> {
         let configure = Message::ConfigureUplink(Box::new(settings.clone()));
-        let process = Process::spawn("iot-connector-uplink", Role::Uplink, configure, log).await?;
+        let process =
+            Process::spawn("iot-connector-uplink", Role::Uplink, configure, log, &[]).await?;
         Ok(Self {
             process,
             settings,
@@ -143,6 +146,7 @@ impl Uplink {
             Role::Uplink,
             configure,
             self.log.as_deref(),
+            &[],
         )
         .await?;
         Ok(())
@@ -179,11 +183,22 @@ impl Uplink {
 
 /// Starts a worker binary with its settings and waits until it is ready.
 pub async fn start_worker(binary: &str, settings: WorkerSettings) -> Result<Process, IpcError> {
+    start_worker_with_env(binary, settings, &[]).await
+}
+
+/// Like [`start_worker`], with extra environment variables (as the supervisor's allow-list
+/// passes them, e.g. `IOT_CONNECTOR_STATE_DIR`).
+pub async fn start_worker_with_env(
+    binary: &str,
+    settings: WorkerSettings,
+    env: &[(&str, &str)],
+) -> Result<Process, IpcError> {
     Process::spawn(
         binary,
         Role::Worker,
         Message::ConfigureWorker(settings),
         None,
+        env,
     )
     .await
 }

@@ -179,6 +179,7 @@ impl Latencies {
     }
 
     /// `"<p50> <p99>"` in milliseconds.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // a rank within the sample
     fn percentiles(&self) -> String {
         let mut sorted = self.done_ms.clone();
         sorted.sort_by(f64::total_cmp);

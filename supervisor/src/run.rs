@@ -1,0 +1,360 @@
+//! `iot-connector run`: start the uplink, wait until it is ready, start one worker per enabled
+//! source, then serve the operator (control socket, SIGHUP, SIGTERM), the load balancer and the
+//! scraper (`/health`, `/metrics`) until told to stop.
+
+use std::{
+    collections::BTreeMap,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use iot_connector_config::Loaded;
+use iot_connector_ipc::{FrameReader, FrameWriter, IpcError, Phase as IpcPhase, handshake};
+use iot_connector_proto::{Message, OperatorCommand, OperatorReply, Role};
+use tokio::{
+    net::UnixListener,
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, oneshot},
+};
+
+use crate::{
+    MainError,
+    board::{Board, Phase, UPLINK},
+    child::{ChildCommand, Kind, Shared, supervise},
+    http,
+    notify::Notifier,
+};
+
+/// How long the uplink gets to finish its last commit on shutdown.
+const UPLINK_DEADLINE: Duration = Duration::from_secs(10);
+/// How long each worker gets to stop on shutdown.
+const WORKER_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The running connector.
+struct Connector {
+    config_path: PathBuf,
+    loaded: Arc<Loaded>,
+    shared: Arc<Shared>,
+    uplink: mpsc::UnboundedSender<ChildCommand>,
+    workers: BTreeMap<String, mpsc::UnboundedSender<ChildCommand>>,
+}
+
+impl Connector {
+    fn start_worker(&mut self, name: &str) {
+        let Some(source) = self.loaded.config.sources.iter().find(|s| s.name() == name) else {
+            return;
+        };
+        self.shared.board.add(name, source.protocol());
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(supervise(
+            Kind::Worker(name.to_owned()),
+            Arc::clone(&self.loaded),
+            Arc::clone(&self.shared),
+            rx,
+            None,
+        ));
+        self.workers.insert(name.to_owned(), tx);
+    }
+
+    async fn stop_task(tx: &mpsc::UnboundedSender<ChildCommand>, deadline: Duration) {
+        let (done, finished) = oneshot::channel();
+        if tx.send(ChildCommand::Shutdown(deadline, done)).is_ok() {
+            let _ = tokio::time::timeout(deadline + Duration::from_secs(2), finished).await;
+        }
+    }
+
+    /// Re-reads the file: on any problem nothing changes; otherwise only what changed restarts.
+    async fn reload(&mut self) -> OperatorReply {
+        let new = match iot_connector_config::load(&self.config_path) {
+            Ok(new) => Arc::new(new),
+            Err(errors) => {
+                let problems: Vec<String> = errors
+                    .problems
+                    .iter()
+                    .map(|p| format!("{}:{}: {}", p.file.display(), p.line, p.message))
+                    .collect();
+                for problem in &problems {
+                    tracing::error!(problem = %problem, "Reload refused; the running configuration stays.");
+                }
+                return OperatorReply::Invalid(problems);
+            }
+        };
+        let old = std::mem::replace(&mut self.loaded, Arc::clone(&new));
+        let wanted: Vec<String> = new.enabled_sources().map(|s| s.name().to_owned()).collect();
+        let mut changes = Vec::new();
+        for name in self.workers.keys().cloned().collect::<Vec<_>>() {
+            if !wanted.contains(&name) {
+                if let Some(tx) = self.workers.remove(&name) {
+                    Self::stop_task(&tx, WORKER_DEADLINE).await;
+                }
+                self.shared.board.remove(&name);
+                self.shared.revoke(&name);
+                changes.push(format!("removed {name}"));
+            }
+        }
+        for name in &wanted {
+            match self.workers.get(name) {
+                None => {
+                    self.start_worker(name);
+                    changes.push(format!("added {name}"));
+                }
+                Some(tx) if new.source_changed(&old, name) => {
+                    let _ = tx.send(ChildCommand::Replace(Arc::clone(&new)));
+                    changes.push(format!("restarted {name}"));
+                }
+                Some(_) => {}
+            }
+        }
+        if new.uplink_changed(&old) {
+            let _ = self.uplink.send(ChildCommand::Replace(Arc::clone(&new)));
+            changes.push("restarted uplink".into());
+        }
+        let summary = if changes.is_empty() {
+            "nothing changed".to_owned()
+        } else {
+            changes.join(", ")
+        };
+        tracing::info!(changes = %summary, "Configuration reloaded.");
+        OperatorReply::Done(summary)
+    }
+
+    async fn command(&mut self, command: OperatorCommand) -> OperatorReply {
+        let (name, action, verb) = match command {
+            OperatorCommand::Status => return OperatorReply::Status(self.shared.board.status()),
+            OperatorCommand::Reload => return self.reload().await,
+            OperatorCommand::Restart(name) => (name, ChildCommand::Restart, "restarted"),
+            OperatorCommand::Stop(name) => (name, ChildCommand::Stop, "stopped"),
+            OperatorCommand::Start(name) => (name, ChildCommand::Start, "started"),
+        };
+        let tx = if name == UPLINK {
+            Some(&self.uplink)
+        } else {
+            self.workers.get(&name)
+        };
+        match tx {
+            Some(tx) if tx.send(action).is_ok() => OperatorReply::Done(format!("{verb} {name}")),
+            _ => OperatorReply::UnknownSource(name),
+        }
+    }
+
+    /// Stops every worker at once, then the uplink, each within its deadline.
+    async fn shutdown(&mut self) {
+        tracing::info!("Stopping the workers, then the uplink.");
+        let mut stopped = Vec::new();
+        for tx in std::mem::take(&mut self.workers).into_values() {
+            let (done, finished) = oneshot::channel();
+            if tx
+                .send(ChildCommand::Shutdown(WORKER_DEADLINE, done))
+                .is_ok()
+            {
+                stopped.push(finished);
+            }
+        }
+        let _ = tokio::time::timeout(WORKER_DEADLINE + Duration::from_secs(2), async {
+            for finished in stopped {
+                let _ = finished.await;
+            }
+        })
+        .await;
+        Self::stop_task(&self.uplink, UPLINK_DEADLINE).await;
+    }
+}
+
+/// The environment children get: an allow-list, plus the log settings from the file.
+fn child_env(loaded: &Loaded) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = ["TZ", "LANG", "ZEROBUS_SDK_WARNINGS_ENABLED"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
+        .collect();
+    env.push(("RUST_LOG".into(), loaded.config.connector.log_level.clone()));
+    let format = match loaded.config.connector.log_format {
+        iot_connector_config::LogFormat::Text => "text",
+        iot_connector_config::LogFormat::Json => "json",
+    };
+    env.push(("IOT_CONNECTOR_LOG_FORMAT".into(), format.into()));
+    env.push((
+        "IOT_CONNECTOR_STATE_DIR".into(),
+        loaded.state_dir.display().to_string(),
+    ));
+    env
+}
+
+fn private_dir(path: &Path, mode: u32) -> Result<(), MainError> {
+    std::fs::create_dir_all(path)
+        .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)))
+        .map_err(|source| MainError::Directory {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Runs the connector until SIGTERM or SIGINT.
+pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), MainError> {
+    private_dir(&loaded.state_dir, 0o750)?;
+    private_dir(&loaded.runtime_dir, 0o750)?;
+    let bin_dir = match &loaded.config.connector.bin_dir {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_path_buf))
+            .unwrap_or_default(),
+    };
+    let board = Board::default();
+    let (grant_tx, grant_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        board: board.clone(),
+        bin_dir,
+        env: child_env(&loaded),
+        grants: Mutex::default(),
+        grant_tx,
+    });
+    let loaded = Arc::new(loaded);
+    let control_path = loaded.control_socket();
+    let _ = std::fs::remove_file(&control_path);
+    let control = UnixListener::bind(&control_path).map_err(|source| MainError::Directory {
+        path: control_path.clone(),
+        source,
+    })?;
+    let _ = std::fs::set_permissions(&control_path, std::fs::Permissions::from_mode(0o660));
+    let (http_listener, http_address) =
+        http::bind(loaded.http_listen())
+            .await
+            .map_err(|source| MainError::Listen {
+                address: loaded.config.http.listen.clone(),
+                source,
+            })?;
+    tokio::spawn(http::serve(http_listener, board.clone()));
+    tracing::info!(health = %format!("http://{http_address}/health"), metrics = %format!("http://{http_address}/metrics"), "Serving health and metrics.");
+
+    board.add(UPLINK, UPLINK);
+    let (uplink_tx, uplink_rx) = mpsc::unbounded_channel();
+    tokio::spawn(supervise(
+        Kind::Uplink,
+        Arc::clone(&loaded),
+        Arc::clone(&shared),
+        uplink_rx,
+        Some(grant_rx),
+    ));
+    // Workers start once the uplink can take their records.
+    while !board
+        .snapshot()
+        .get(UPLINK)
+        .is_some_and(|e| e.phase == Phase::Running)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut connector = Connector {
+        config_path,
+        loaded: Arc::clone(&loaded),
+        shared,
+        uplink: uplink_tx,
+        workers: BTreeMap::new(),
+    };
+    for name in loaded
+        .enabled_sources()
+        .map(|s| s.name().to_owned())
+        .collect::<Vec<_>>()
+    {
+        connector.start_worker(&name);
+    }
+
+    let notifier = Notifier::from_env();
+    notifier.send("READY=1");
+    let mut watchdog =
+        tokio::time::interval(Notifier::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
+    let mut status_tick = tokio::time::interval(Duration::from_secs(5));
+    let signal_error = |source| MainError::Signal { source };
+    let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
+    let (command_tx, mut command_rx) = mpsc::unbounded_channel();
+    tokio::spawn(serve_control(control, command_tx));
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = hangup.recv() => {
+                notifier.send("RELOADING=1");
+                let _ = connector.reload().await;
+                notifier.send("READY=1");
+            }
+            Some((command, reply)) = command_rx.recv() => {
+                let answer = connector.command(command).await;
+                let _ = reply.send(answer);
+            }
+            _ = watchdog.tick() => notifier.send("WATCHDOG=1"),
+            _ = status_tick.tick() => notifier.send(&status_line(&board)),
+        }
+    }
+    notifier.send("STOPPING=1");
+    connector.shutdown().await;
+    let _ = std::fs::remove_file(&control_path);
+    tracing::info!("Stopped.");
+    Ok(())
+}
+
+fn status_line(board: &Board) -> String {
+    let status = board.status();
+    let connected = status
+        .iter()
+        .filter(|p| p.name != UPLINK && p.state == "connected")
+        .count();
+    let sources = status.iter().filter(|p| p.name != UPLINK).count();
+    let spool = board.uplink().map_or(0, |u| u.spool_bytes);
+    format!("STATUS={connected}/{sources} sources connected, spool {spool} bytes")
+}
+
+type CommandRequest = (OperatorCommand, oneshot::Sender<OperatorReply>);
+
+/// The operator's control socket: one command per connection.
+async fn serve_control(listener: UnixListener, commands: mpsc::UnboundedSender<CommandRequest>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let commands = commands.clone();
+        tokio::spawn(async move {
+            let (rx, tx) = stream.into_split();
+            let (mut reader, mut writer) = (FrameReader::new(rx), FrameWriter::new(tx));
+            let exchange = async {
+                handshake(&mut reader, &mut writer, Role::Supervisor, Role::Operator).await?;
+                let Message::Command(command) = reader.recv_in(IpcPhase::AwaitingCommand).await?
+                else {
+                    return Err(IpcError::Handshake("expected Command".into()));
+                };
+                let (reply_tx, reply_rx) = oneshot::channel();
+                commands
+                    .send((command, reply_tx))
+                    .map_err(|_| IpcError::Refused("shutting down".into()))?;
+                let reply = reply_rx
+                    .await
+                    .map_err(|_| IpcError::Refused("shutting down".into()))?;
+                writer.send(&Message::Reply(reply)).await
+            };
+            if let Err(e) = tokio::time::timeout(Duration::from_secs(60), exchange)
+                .await
+                .unwrap_or(Err(IpcError::Refused("timed out".into())))
+            {
+                tracing::warn!(error = %e, "Operator command failed.");
+            }
+        });
+    }
+}
+
+/// Sends one operator command to the running supervisor.
+pub async fn send_command(
+    socket: &Path,
+    command: OperatorCommand,
+) -> Result<OperatorReply, IpcError> {
+    let stream = tokio::net::UnixStream::connect(socket).await?;
+    let (rx, tx) = stream.into_split();
+    let (mut reader, mut writer) = (FrameReader::new(rx), FrameWriter::new(tx));
+    handshake(&mut reader, &mut writer, Role::Operator, Role::Supervisor).await?;
+    writer.send(&Message::Command(command)).await?;
+    match reader.recv_in(IpcPhase::AwaitingReply).await? {
+        Message::Reply(reply) => Ok(reply),
+        other => Err(IpcError::Handshake(format!("unexpected {}", other.kind()))),
+    }
+}

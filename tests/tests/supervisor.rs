@@ -1,0 +1,599 @@
+//! The supervisor end to end: `iot-connector run` with the real uplink and stand-in workers (the
+//! test worker in place of the Modbus worker, `/bin/false` as a crash-looping one, a script that
+//! exits with the configuration-error code), driven through its command line, signals and HTTP.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)] // test code: a failed step should fail loudly
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use iot_connector_tests::{bin, wait_until};
+use nix::{sys::signal::Signal, unistd::Pid};
+use tokio::process::Child;
+
+struct Connector {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    http: String,
+    process: Child,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn modbus_source(name: &str, port: u16) -> String {
+    format!(
+        "[[sources]]\nname = \"{name}\"\nprotocol = \"modbus\"\nendpoint = \"tcp://127.0.0.1:{port}\"\n\
+         registers = [{{ name = \"t\", kind = \"holding\", address = 0 }}]\n"
+    )
+}
+
+fn config_text(dir: &Path, http: &str, sources: &str) -> String {
+    format!(
+        "[connector]\nid = \"sup-test\"\nstate_dir = {:?}\nruntime_dir = {:?}\nbin_dir = {:?}\nlog_level = \"warn\"\n\n\
+         [http]\nlisten = \"{http}\"\n\n{sources}",
+        dir.join("state").display().to_string(),
+        dir.join("run").display().to_string(),
+        dir.join("bin").display().to_string(),
+    )
+}
+
+impl Connector {
+    /// Stand-in binaries: the real uplink, the test worker as the Modbus worker, `/bin/false`
+    /// as the MQTT worker, and an OPC-UA worker that reports a configuration error.
+    async fn start(sources: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let bins = dir.path().join("bin");
+        std::fs::create_dir_all(&bins).unwrap();
+        std::os::unix::fs::symlink(
+            bin("iot-connector-uplink"),
+            bins.join("iot-connector-uplink"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            bin("iot-connector-testworker"),
+            bins.join("iot-connector-modbus"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/bin/false", bins.join("iot-connector-mqtt")).unwrap();
+        let script = bins.join("iot-connector-opcua");
+        std::fs::write(&script, "#!/bin/sh\nexit 78\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let http = format!("127.0.0.1:{}", free_port());
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, config_text(dir.path(), &http, sources)).unwrap();
+        let process = tokio::process::Command::new(bin("iot-connector"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let connector = Self {
+            dir,
+            config,
+            http,
+            process,
+        };
+        assert!(
+            connector
+                .wait_for(Duration::from_secs(30), |c| c.get("/health").0 == 200)
+                .await,
+            "never healthy"
+        );
+        connector
+    }
+
+    fn command(&self, args: &[&str]) -> (i32, String) {
+        let output = std::process::Command::new(bin("iot-connector"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code().unwrap_or(-1), text)
+    }
+
+    fn status(&self) -> Vec<serde_json::Value> {
+        let (code, text) = self.command(&["status", "--json"]);
+        assert_eq!(code, 0, "{text}");
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn process(&self, name: &str) -> serde_json::Value {
+        self.status()
+            .into_iter()
+            .find(|p| p["name"] == name)
+            .unwrap()
+    }
+
+    fn pid(&self, name: &str) -> Option<i32> {
+        self.process(name)["pid"].as_i64().map(|p| p as i32)
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(&self.http) else {
+            return (0, String::new());
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        if stream.write_all(request.as_bytes()).is_err() {
+            return (0, String::new());
+        }
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    async fn wait_for(&self, timeout: Duration, condition: impl Fn(&Self) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if tokio::task::block_in_place(|| condition(self)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    fn children(&self) -> Vec<i32> {
+        let bins = self.dir.path().join("bin").display().to_string();
+        let output = std::process::Command::new("pgrep")
+            .args(["-f", &bins])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+fn kill(pid: i32, signal: Signal) {
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_is_back_at_once_and_the_others_are_untouched() {
+    let sources = format!(
+        "{}{}",
+        modbus_source("plc1", 1502),
+        modbus_source("plc2", 1503)
+    );
+    let c = Connector::start(&sources).await;
+    assert!(
+        c.wait_for(Duration::from_secs(20), |c| c.process("plc1")["state"]
+            == "connected")
+            .await
+    );
+    let old = c.pid("plc1").unwrap();
+    let plc2 = c.pid("plc2");
+    let killed = Instant::now();
+    kill(old, Signal::SIGKILL);
+    assert!(
+        c.wait_for(Duration::from_secs(10), |c| c
+            .pid("plc1")
+            .is_some_and(|p| p != old)
+            && c.process("plc1")["state"] == "connected")
+            .await
+    );
+    println!(
+        "plc1 reconnected {} ms after kill -9",
+        killed.elapsed().as_millis()
+    );
+    let plc1 = c.process("plc1");
+    assert_eq!(plc1["restarts"], 1);
+    assert_eq!(c.pid("plc2"), plc2, "the other worker kept running");
+    assert_eq!(c.process("plc2")["restarts"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_worker_is_failed_and_health_is_degraded_not_down() {
+    let sources = format!(
+        "{}[[sources]]\nname = \"broker\"\nprotocol = \"mqtt\"\nendpoint = \"mqtt://127.0.0.1:1883\"\ntopics = [{{ filter = \"a/#\" }}]\n",
+        modbus_source("plc1", 1502)
+    );
+    let c = Connector::start(&sources).await;
+    assert!(
+        c.wait_for(Duration::from_secs(30), |c| c.process("broker")["state"]
+            == "failed")
+            .await
+    );
+    let (status, body) = c.get("/health");
+    assert_eq!(status, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "degraded");
+    let broker = health["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "broker")
+        .unwrap()
+        .clone();
+    assert_eq!(broker["state"], "failed");
+    // The intervals grow: after the first burst, restarts slow down to seconds apart.
+    let restarts = c.process("broker")["restarts"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = c.process("broker")["restarts"].as_u64().unwrap();
+    assert!(
+        restarts >= 5 && later - restarts <= 2,
+        "restarts {restarts} then {later}"
+    );
+    assert_eq!(c.process("plc1")["restarts"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_error_exit_waits_for_a_configuration_change() {
+    let sources = format!(
+        "{}[[sources]]\nname = \"press\"\nprotocol = \"opcua\"\nendpoint = \"opc.tcp://127.0.0.1:4840\"\n",
+        modbus_source("plc1", 1502)
+    );
+    let c = Connector::start(&sources).await;
+    assert!(
+        c.wait_for(Duration::from_secs(20), |c| c.process("press")["state"]
+            == "waiting_for_config_change")
+            .await
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        c.process("press")["restarts"],
+        1,
+        "no restart until the configuration changes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_worker_is_killed_by_the_watchdog_and_restarted() {
+    let c = Connector::start(&modbus_source("plc1", 1502)).await;
+    assert!(
+        c.wait_for(Duration::from_secs(20), |c| c.process("plc1")["state"]
+            == "connected")
+            .await
+    );
+    let old = c.pid("plc1").unwrap();
+    kill(old, Signal::SIGSTOP);
+    assert!(
+        c.wait_for(Duration::from_secs(30), |c| c
+            .pid("plc1")
+            .is_some_and(|p| p != old))
+            .await,
+        "the stopped worker was not replaced"
+    );
+    assert!(c.process("plc1")["restarts"].as_u64().unwrap() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_act_on_one_source_only() {
+    let sources = format!(
+        "{}{}",
+        modbus_source("plc1", 1502),
+        modbus_source("plc2", 1503)
+    );
+    let c = Connector::start(&sources).await;
+    assert!(
+        c.wait_for(Duration::from_secs(20), |c| c.process("plc1")["state"]
+            == "connected")
+            .await
+    );
+    let plc2 = c.pid("plc2");
+
+    let (code, text) = c.command(&["stop", "plc1"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        c.wait_for(Duration::from_secs(10), |c| c.process("plc1")["state"]
+            == "stopped")
+            .await
+    );
+    let (code, _) = c.command(&["start", "plc1"]);
+    assert_eq!(code, 0);
+    assert!(
+        c.wait_for(Duration::from_secs(10), |c| c.process("plc1")["state"]
+            == "connected")
+            .await
+    );
+    let before = c.pid("plc1");
+    let (code, _) = c.command(&["restart", "plc1"]);
+    assert_eq!(code, 0);
+    assert!(
+        c.wait_for(Duration::from_secs(10), |c| c.pid("plc1").is_some()
+            && c.pid("plc1") != before)
+            .await
+    );
+
+    let (code, text) = c.command(&["restart", "no-such-source"]);
+    assert_eq!(code, 65, "{text}");
+    assert_eq!(c.pid("plc2"), plc2, "plc2 was never touched");
+    assert_eq!(c.process("plc2")["restarts"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_restarts_only_what_changed_and_refuses_an_invalid_file() {
+    let sources = format!(
+        "{}{}",
+        modbus_source("plc1", 1502),
+        modbus_source("plc2", 1503)
+    );
+    let c = Connector::start(&sources).await;
+    assert!(
+        c.wait_for(Duration::from_secs(20), |c| c.pid("plc1").is_some()
+            && c.pid("plc2").is_some())
+            .await
+    );
+    let (plc1, plc2) = (c.pid("plc1"), c.pid("plc2"));
+
+    let changed = format!(
+        "{}{}{}",
+        modbus_source("plc1", 1502),
+        modbus_source("plc2", 1599),
+        modbus_source("plc3", 1504)
+    );
+    std::fs::write(&c.config, config_text(c.dir.path(), &c.http, &changed)).unwrap();
+    let (code, text) = c.command(&["reload"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        c.wait_for(Duration::from_secs(10), |c| c.pid("plc2").is_some()
+            && c.pid("plc2") != plc2)
+            .await
+    );
+    assert!(
+        c.wait_for(Duration::from_secs(10), |c| c
+            .status()
+            .iter()
+            .any(|p| p["name"] == "plc3"))
+            .await
+    );
+    assert_eq!(c.pid("plc1"), plc1, "an unchanged source keeps running");
+
+    std::fs::write(
+        &c.config,
+        config_text(c.dir.path(), &c.http, &changed).replace("[http]", "[http]\nbogus = 1"),
+    )
+    .unwrap();
+    let (code, text) = c.command(&["reload"]);
+    assert_eq!(code, 78, "{text}");
+    assert!(
+        text.contains(&format!("{}:", c.config.display())),
+        "FILE:LINE in {text}"
+    );
+    assert_eq!(c.pid("plc1"), plc1, "an invalid file changes nothing");
+    assert_eq!(c.get("/health").0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_while_the_uplink_is_down() {
+    let c = Connector::start(&modbus_source("plc1", 1502)).await;
+    let uplink = c.pid("uplink").unwrap();
+    kill(uplink, Signal::SIGSTOP);
+    assert!(
+        c.wait_for(Duration::from_secs(30), |c| c.get("/health").0 == 503)
+            .await,
+        "a hung uplink must fail the health check"
+    );
+    assert!(
+        c.wait_for(Duration::from_secs(30), |c| c.get("/health").0 == 200)
+            .await,
+        "health recovers once the uplink is back"
+    );
+    assert_ne!(c.pid("uplink"), Some(uplink));
+    let uplink = c.pid("uplink").unwrap();
+    kill(uplink, Signal::SIGKILL);
+    assert!(
+        c.wait_for(Duration::from_secs(30), |c| c
+            .pid("uplink")
+            .is_some_and(|p| p != uplink)
+            && c.get("/health").0 == 200)
+            .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_child_outlives_a_killed_supervisor() {
+    let mut c = Connector::start(&format!(
+        "{}{}",
+        modbus_source("plc1", 1502),
+        modbus_source("plc2", 1503)
+    ))
+    .await;
+    assert!(
+        c.wait_for(Duration::from_secs(20), |c| c.children().len() >= 3)
+            .await
+    );
+    kill(c.process.id().unwrap() as i32, Signal::SIGKILL);
+    let _ = c.process.wait().await;
+    assert!(
+        wait_until(Duration::from_secs(10), || c.children().is_empty()).await,
+        "orphans: {:?}",
+        c.children()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_everything_and_exits_zero() {
+    let mut c = Connector::start(&format!(
+        "{}{}",
+        modbus_source("plc1", 1502),
+        modbus_source("plc2", 1503)
+    ))
+    .await;
+    assert!(
+        c.wait_for(Duration::from_secs(20), |c| c.process("plc1")["state"]
+            == "connected")
+            .await
+    );
+    kill(c.process.id().unwrap() as i32, Signal::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(30), c.process.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(c.children().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_name_every_declared_metric_with_source_labels() {
+    let c = Connector::start(&modbus_source("plc1", 1502)).await;
+    assert!(
+        c.wait_for(Duration::from_secs(20), |c| c.process("plc1")["state"]
+            == "connected")
+            .await
+    );
+    let (status, body) = c.get("/metrics");
+    assert_eq!(status, 200);
+    let lines = body.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+    for name in [
+        "iot_connector_up",
+        "iot_connector_uplink_up",
+        "iot_connector_source_connected",
+        "iot_connector_worker_restarts_total",
+        "iot_connector_records_read_total",
+        "iot_connector_records_written_total",
+        "iot_connector_records_dropped_total",
+        "iot_connector_spool_bytes",
+        "iot_connector_spool_rows",
+        "iot_connector_oldest_unacked_seconds",
+        "iot_connector_ingest_latency_seconds",
+        "iot_connector_zerobus_acked_rows_total",
+        "iot_connector_zerobus_reconnects_total",
+        "iot_connector_zerobus_circuit_open",
+        "iot_connector_dead_letters_total",
+        "iot_connector_source_reconnects_total",
+    ] {
+        let metric = if name.ends_with("_seconds") && name.contains("latency") {
+            format!("{name}_count")
+        } else {
+            name.to_owned()
+        };
+        assert!(
+            scrape
+                .samples
+                .iter()
+                .any(|s| s.metric == metric || s.metric == name),
+            "{name} missing from /metrics"
+        );
+    }
+    let read = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "iot_connector_records_read_total")
+        .unwrap();
+    assert_eq!(read.labels.get("source"), Some("plc1"));
+    assert_eq!(read.labels.get("protocol"), Some("modbus"));
+    let (status, _) = c.get("/nope");
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn the_systemd_unit_scores_at_most_1_5() {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/iot-connector.service");
+    let Ok(output) = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&unit)
+        .output()
+    else {
+        println!("skipped: systemd-analyze is not installed");
+        return;
+    };
+    let text = String::from_utf8_lossy(&output.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for iot-connector.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .expect("an overall exposure score");
+    assert!(score <= 1.5, "exposure {score}");
+}
+
+#[test]
+fn check_accepts_every_example_and_names_the_line_of_each_problem() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let output = std::process::Command::new(bin("iot-connector"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("DATABRICKS_CLIENT_ID", "example-id")
+            .env("DATABRICKS_CLIENT_SECRET", "example-secret")
+            .env("OPCUA_PASSWORD", "example")
+            .env("MQTT_PASSWORD", "example")
+            .output()
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 4,
+        "examples/ holds one config per protocol and one with all three"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.toml");
+    let text = config_text(dir.path(), "127.0.0.1:8081", &modbus_source("plc1", 1502))
+        .replace("[http]", "[http]\nlisten_address = \"x\"")
+        .replace(
+            "protocol = \"modbus\"",
+            "protocol = \"modbus\"\npoll_interval = 5",
+        );
+    std::fs::write(&broken, text).unwrap();
+    let output = std::process::Command::new(bin("iot-connector"))
+        .args(["check", "--config"])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "both problems at once: {stderr}");
+    for line in lines {
+        let rest = line
+            .strip_prefix(&format!("{}:", broken.display()))
+            .expect("FILE:LINE: message");
+        assert!(
+            rest.split(':').next().unwrap().parse::<usize>().is_ok(),
+            "{line}"
+        );
+    }
+}
