@@ -69,8 +69,8 @@ pub fn inherited_control() -> io::Result<UnixStream> {
     UnixStream::from_std(stream)
 }
 
-/// Spawns `command` with a control channel on descriptor 3, `no_new_privs`, a parent-death signal
-/// so that no child outlives its parent, no core dumps (a dump would hold secrets) and a bounded
+/// Spawns `command` in its own process group with a control channel on descriptor 3,
+/// `no_new_privs`, a parent-death signal so that no child outlives its parent, no core dumps (a dump would hold secrets) and a bounded
 /// number of descriptors. Every other descriptor of ours is close-on-exec, so the child inherits
 /// only stdio and its control channel. Returns the child and the parent's end.
 pub fn spawn_with_control(command: &mut Command) -> io::Result<(Child, UnixStream)> {
@@ -86,6 +86,10 @@ pub fn spawn_with_control(command: &mut Command) -> io::Result<(Child, UnixStrea
             if nix::libc::dup2(child_fd, CHILD_CONTROL_FD) < 0 {
                 return Err(io::Error::last_os_error());
             }
+            // Its own process group: a Ctrl-C on the supervisor's terminal reaches only the
+            // supervisor, which stops the children in order (workers first, then the uplink).
+            nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
+                .map_err(io::Error::from)?;
             prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
             prctl::set_no_new_privs().map_err(io::Error::from)?;
             setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(io::Error::from)?;

@@ -84,6 +84,9 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// The embedded demo: a simulated plant and a local Zerobus emulator, with the real
+    /// connector running on them.
+    Demo,
     /// Manage sealed secrets.
     Secret {
         #[command(subcommand)]
@@ -155,6 +158,14 @@ pub enum MainError {
     /// Reading standard input failed.
     #[error("cannot read the secret from standard input: {0}")]
     Stdin(std::io::Error),
+    /// The demo binary could not be started.
+    #[error("cannot start the demo {path}: {source}; build the workspace first (cargo build)")]
+    Demo {
+        /// The demo binary.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
@@ -170,7 +181,8 @@ impl MainError {
             Self::Directory { .. }
             | Self::Listen { .. }
             | Self::Signal { .. }
-            | Self::Runtime(_) => ExitStatus::OsErr,
+            | Self::Runtime(_)
+            | Self::Demo { .. } => ExitStatus::OsErr,
         }
     }
 }
@@ -267,6 +279,19 @@ fn execute(command: Command) -> Result<(), MainError> {
             // Validate here first, so the operator sees every problem with its line.
             iot_connector_config::load(&config)?;
             answer(operator(&config, OperatorCommand::Reload)?)
+        }
+        Command::Demo => {
+            // The simulators live in their own binary, so none of their code is in this one.
+            use std::os::unix::process::CommandExt;
+            let demo = std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|dir| dir.join("iot-connector-sim-demo")))
+                .unwrap_or_default();
+            let error = std::process::Command::new(&demo).exec();
+            Err(MainError::Demo {
+                path: demo,
+                source: error,
+            })
         }
         Command::Secret {
             command: SecretCommand::Keygen { key_file },
