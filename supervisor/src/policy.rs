@@ -1,7 +1,8 @@
 //! The restart policy, without I/O: how long to wait before the next start, and when a child
 //! counts as `failed`. Exponential backoff with jitter (100 ms → 30 s); 5 crashes within 60 s mark
 //! the child failed (health degraded) while it is still retried at the cap, never abandoned; a
-//! child that ran cleanly for a minute starts over from the short delay.
+//! child that ran for [`HEALTHY_RUN`] before it died starts over from the short delay (the crash
+//! count still decides `failed`, so a child dying every few seconds cannot hot-loop).
 
 use std::{
     collections::VecDeque,
@@ -12,8 +13,10 @@ use iot_connector_ipc::Backoff;
 
 /// Crashes within [`WINDOW`] that make a child `failed`.
 pub const INTENSITY: usize = 5;
-/// The window of [`INTENSITY`], and how long a child must run to be considered healthy again.
+/// The window of [`INTENSITY`].
 pub const WINDOW: Duration = Duration::from_secs(60);
+/// A child that ran this long had recovered: its next restart is quick again.
+pub const HEALTHY_RUN: Duration = Duration::from_secs(10);
 
 /// One child's restart history.
 #[derive(Debug)]
@@ -35,7 +38,7 @@ impl RestartPolicy {
     /// The child exited unexpectedly at `now` after running since `started`: the delay before the
     /// next start.
     pub fn crashed(&mut self, started: Instant, now: Instant) -> Duration {
-        if now.duration_since(started) >= WINDOW {
+        if now.duration_since(started) >= HEALTHY_RUN {
             self.backoff.reset();
         }
         self.crashes.push_back(now);

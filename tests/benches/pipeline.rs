@@ -4,7 +4,13 @@
 //! Run: `cargo build --release --workspace && cargo bench --bench pipeline`. Prints one line per
 //! scenario, `records_per_second=N ack_p50_ms=X ack_p99_ms=Y workers=K`, plus the uplink's peak
 //! RSS; the last line is the 8-worker run.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a bench binary
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)] // a bench binary
 
 use std::{path::Path, time::Duration};
 

@@ -5,6 +5,8 @@
 //! Trust: test code only; it runs the binaries built by `cargo build --workspace`.
 #![forbid(unsafe_code)]
 
+pub mod connector;
+
 use std::{
     path::{Path, PathBuf},
     time::Duration,
@@ -255,5 +257,27 @@ pub fn zerobus_settings(emulator: &iot_connector_sim_zerobus::Emulator) -> Zerob
         proxy: None,
         no_proxy: Vec::new(),
         tables: TABLES.map(str::to_owned),
+    }
+}
+
+/// Waits until the emulator holds a row of `table` for every one of `expected` record ids (and
+/// possibly duplicates); returns the ids it holds. Cheap counts first, the full set check at most
+/// every half second: a set of 200,000 ids is not rebuilt every few milliseconds.
+pub async fn wait_for_ids(
+    state: &iot_connector_sim_zerobus::SimState,
+    table: &str,
+    expected: &std::collections::HashSet<String>,
+    timeout: Duration,
+) -> std::collections::HashSet<String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if state.row_count(table) >= expected.len() || tokio::time::Instant::now() >= deadline {
+            let held: std::collections::HashSet<String> =
+                state.record_ids(table).into_iter().collect();
+            if expected.is_subset(&held) || tokio::time::Instant::now() >= deadline {
+                return held;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

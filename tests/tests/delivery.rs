@@ -7,7 +7,8 @@ use std::{collections::HashSet, path::Path, time::Duration};
 use iot_connector_proto::Table;
 use iot_connector_sim_zerobus::{Emulator, EmulatorOptions};
 use iot_connector_tests::{
-    TABLES, Uplink, read_acked, start_worker, uplink_settings, wait_until, zerobus_settings,
+    TABLES, Uplink, read_acked, start_worker, uplink_settings, wait_for_ids, wait_until,
+    zerobus_settings,
 };
 
 const WORKER: &str = "iot-connector-testworker";
@@ -52,24 +53,32 @@ async fn a_clean_run_delivers_every_record_and_drains_the_spool() {
         .unwrap();
     let mut worker = start_worker(WORKER, worker_settings).await.unwrap();
 
+    // The spool file's high-water mark, sampled while the records flow.
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampler = {
+        let (peak, spool_dir) = (std::sync::Arc::clone(&peak), dir.path().to_owned());
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(
+                    spool_file_len(&spool_dir),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
     let state = zerobus.state().clone();
-    assert!(
-        state
-            .wait_until(Duration::from_secs(120), |s| s.record_ids(MQTT).len()
-                >= 100_000)
-            .await,
-        "only {} rows arrived",
-        state.record_ids(MQTT).len()
-    );
-    let ids: HashSet<String> = state.record_ids(MQTT).into_iter().collect();
-    assert_eq!(ids, expected_ids("line1", 100_000));
+    let expected = expected_ids("line1", 100_000);
+    let ids = wait_for_ids(&state, MQTT, &expected, Duration::from_secs(120)).await;
+    assert_eq!(ids, expected);
     let row = state.rows(MQTT).into_iter().next().unwrap();
     assert_eq!(row["source_name"], "line1");
     assert_eq!(row["topic"], "test/seq");
     assert!(row["value_str"].as_str().unwrap().ends_with(":1"));
     assert_eq!(read_acked(&acked), Some(100_000));
 
-    let peak = spool_file_len(dir.path());
+    sampler.abort();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
         wait_until(Duration::from_secs(30), || spool_file_len(dir.path())
             < peak / 2)
@@ -192,20 +201,8 @@ async fn a_poison_record_is_dead_lettered_and_every_other_record_lands() {
     let state = zerobus.state().clone();
     let mut expected = expected_ids("line1", 5_000);
     expected.remove(&poison);
-    assert!(
-        state
-            .wait_until(Duration::from_secs(90), |s| {
-                s.record_ids(MQTT).into_iter().collect::<HashSet<_>>() == expected
-            })
-            .await,
-        "{} of {} rows arrived",
-        state
-            .record_ids(MQTT)
-            .into_iter()
-            .collect::<HashSet<_>>()
-            .len(),
-        expected.len()
-    );
+    let ids = wait_for_ids(&state, MQTT, &expected, Duration::from_secs(90)).await;
+    assert_eq!(ids, expected, "every record but the poisoned one");
     let status = TABLES[3];
     assert!(
         state
@@ -276,18 +273,9 @@ async fn killing_the_uplink_at_random_moments_loses_no_acknowledged_record() {
         read_acked(&acked)
     );
     let state = zerobus.state().clone();
-    let arrived = |s: &iot_connector_sim_zerobus::SimState| {
-        s.record_ids(MQTT).into_iter().collect::<HashSet<_>>() == expected_ids("line1", COUNT)
-    };
-    assert!(
-        state.wait_until(Duration::from_secs(120), arrived).await,
-        "{} distinct of {COUNT} records arrived",
-        state
-            .record_ids(MQTT)
-            .into_iter()
-            .collect::<HashSet<_>>()
-            .len()
-    );
+    let expected = expected_ids("line1", COUNT);
+    let ids = wait_for_ids(&state, MQTT, &expected, Duration::from_secs(120)).await;
+    assert_eq!(ids, expected, "every acknowledged record arrived");
     // Every kill may replay what was in flight to Zerobus (16 batches of at most 2000 rows) and
     // nothing else: the worker's resent window is deduplicated by the uplink.
     let duplicates = state.row_count(MQTT) as u64 - COUNT;
@@ -462,10 +450,9 @@ async fn server_stream_rotation_is_normal_and_loses_nothing() {
     let mut worker = start_worker(WORKER, worker_settings).await.unwrap();
 
     let state = zerobus.state().clone();
-    let arrived = |s: &iot_connector_sim_zerobus::SimState| {
-        s.record_ids(MQTT).into_iter().collect::<HashSet<_>>() == expected_ids("line1", 30_000)
-    };
-    assert!(state.wait_until(Duration::from_secs(60), arrived).await);
+    let expected = expected_ids("line1", 30_000);
+    let ids = wait_for_ids(&state, MQTT, &expected, Duration::from_secs(60)).await;
+    assert_eq!(ids, expected);
     assert!(state.streams_opened() >= 2, "the server rotated the stream");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(

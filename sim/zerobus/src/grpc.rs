@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 use prost_types::{DescriptorProto, FileDescriptorProto, FileDescriptorSet};
+#[cfg(test)]
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -16,7 +17,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::faults::{DropDecision, FaultsHandle};
-use crate::state::{SimState, StreamMetadata, record_id};
+use crate::state::{Row, SimState, StreamMetadata};
 
 #[allow(
     missing_debug_implementations,
@@ -243,7 +244,9 @@ impl Session {
             }
             expected_offset += 1;
             if let Some(poison) = self.faults.poison_record_id()
-                && let Some(index) = rows.iter().position(|r| record_id(r) == Some(&poison))
+                && let Some(index) = rows
+                    .iter()
+                    .position(|r| r.record_id().as_deref() == Some(&poison))
             {
                 return Err(Status::invalid_argument(format!(
                     "record {index} of the request with offset_id {offset} has record_id \
@@ -300,7 +303,7 @@ impl Session {
         }
     }
 
-    fn commit(&self, table: &str, rows: Vec<Value>) -> Result<(), Status> {
+    fn commit(&self, table: &str, rows: Vec<Row>) -> Result<(), Status> {
         self.state.commit(table, rows).map_err(|err| {
             tracing::error!(error = %err, "Sink write failed.");
             Status::internal(format!("the emulator could not store the records: {err}"))
@@ -354,7 +357,7 @@ impl Decoder {
     }
 
     /// The wire offset of one ingest request and its records as rows.
-    fn decode_request(&self, message: EphemeralStreamRequest) -> Result<(i64, Vec<Value>), Status> {
+    fn decode_request(&self, message: EphemeralStreamRequest) -> Result<(i64, Vec<Row>), Status> {
         use ephemeral_stream_request::Payload;
         use ingest_record_batch_request::Batch;
         use ingest_record_request::Record;
@@ -393,13 +396,19 @@ impl Decoder {
             (Self::Proto(descriptor), RawRecords::Proto(records)) => records
                 .iter()
                 .enumerate()
-                .map(|(i, bytes)| decode_proto(descriptor, bytes).map_err(|err| bad(i, err)))
+                .map(|(i, bytes)| {
+                    DynamicMessage::decode(descriptor.clone(), bytes.as_slice())
+                        .map(Row::Proto)
+                        .map_err(|err| bad(i, err.to_string()))
+                })
                 .collect::<Result<Vec<_>, _>>()?,
             (Self::Json, RawRecords::Json(records)) => records
                 .iter()
                 .enumerate()
                 .map(|(i, json)| {
-                    serde_json::from_str(json).map_err(|err| bad(i, format!("bad JSON: {err}")))
+                    serde_json::from_str(json)
+                        .map(Row::Json)
+                        .map_err(|err| bad(i, format!("bad JSON: {err}")))
                 })
                 .collect::<Result<Vec<_>, _>>()?,
             _ => {
@@ -470,15 +479,11 @@ fn guess_package(descriptor: &DescriptorProto, name: &str) -> Option<String> {
 }
 
 /// One record as a JSON object keyed by proto field names, 64-bit integers as numbers.
-pub(crate) fn decode_proto(descriptor: &MessageDescriptor, bytes: &[u8]) -> Result<Value, String> {
+#[cfg(test)]
+fn decode_proto(descriptor: &MessageDescriptor, bytes: &[u8]) -> Result<Value, String> {
     let message =
         DynamicMessage::decode(descriptor.clone(), bytes).map_err(|err| err.to_string())?;
-    let options = SerializeOptions::new()
-        .use_proto_field_name(true)
-        .stringify_64_bit_integers(false);
-    message
-        .serialize_with_options(serde_json::value::Serializer, &options)
-        .map_err(|err| err.to_string())
+    Ok(Row::Proto(message).to_json())
 }
 
 #[cfg(test)]

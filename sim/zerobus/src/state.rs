@@ -50,7 +50,7 @@ pub struct OAuthRequest {
 
 #[derive(Debug, Default)]
 struct StateData {
-    rows: HashMap<String, Vec<Value>>,
+    rows: HashMap<String, Vec<Row>>,
     streams_opened: u64,
     creates_refused: u64,
     ingest_requests: u64,
@@ -91,7 +91,11 @@ impl SimState {
     /// Every acknowledged row of `table`, decoded to JSON, in acknowledgement order (duplicates
     /// included).
     pub fn rows(&self, table: &str) -> Vec<Value> {
-        self.lock().rows.get(table).cloned().unwrap_or_default()
+        self.lock()
+            .rows
+            .get(table)
+            .map(|rows| rows.iter().map(Row::to_json).collect())
+            .unwrap_or_default()
     }
 
     /// How many rows of `table` were acknowledged.
@@ -104,11 +108,7 @@ impl SimState {
         self.lock()
             .rows
             .get(table)
-            .map(|rows| {
-                rows.iter()
-                    .filter_map(|row| record_id(row).map(str::to_owned))
-                    .collect()
-            })
+            .map(|rows| rows.iter().filter_map(Row::record_id).collect())
             .unwrap_or_default()
     }
 
@@ -212,13 +212,13 @@ impl SimState {
     }
 
     /// Makes `rows` durable: first the sink (if any), then the in-memory table.
-    pub(crate) fn commit(&self, table: &str, rows: Vec<Value>) -> Result<(), SimError> {
+    pub(crate) fn commit(&self, table: &str, rows: Vec<Row>) -> Result<(), SimError> {
         let mut data = self.lock();
         if let Some(dir) = &self.shared.sink_dir {
             let path = dir.join(format!("{}.jsonl", sink_file_stem(table)));
             let mut lines = Vec::new();
             for row in &rows {
-                lines.extend_from_slice(row.to_string().as_bytes());
+                lines.extend_from_slice(row.to_json().to_string().as_bytes());
                 lines.push(b'\n');
             }
             let file = match data.sink_files.entry(table.to_owned()) {
@@ -242,9 +242,44 @@ impl SimState {
     }
 }
 
-/// The `record_id` string field of a decoded row.
-pub(crate) fn record_id(row: &Value) -> Option<&str> {
-    row.get("record_id").and_then(Value::as_str)
+/// One acknowledged row: decoded (and so validated) when it arrived, turned into JSON only when a
+/// test or the sink asks, so that the emulator stays cheap next to the connector it measures.
+#[derive(Debug, Clone)]
+pub(crate) enum Row {
+    /// A compiled-proto record.
+    Proto(prost_reflect::DynamicMessage),
+    /// A JSON record.
+    Json(Value),
+}
+
+impl Row {
+    /// The row as a JSON object keyed by proto field names, 64-bit integers as numbers.
+    pub(crate) fn to_json(&self) -> Value {
+        match self {
+            Self::Json(value) => value.clone(),
+            Self::Proto(message) => {
+                let options = prost_reflect::SerializeOptions::new()
+                    .use_proto_field_name(true)
+                    .stringify_64_bit_integers(false);
+                message
+                    .serialize_with_options(serde_json::value::Serializer, &options)
+                    .unwrap_or(Value::Null)
+            }
+        }
+    }
+
+    /// The `record_id` string field, if the row has one.
+    pub(crate) fn record_id(&self) -> Option<String> {
+        match self {
+            Self::Json(value) => value
+                .get("record_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            Self::Proto(message) => message
+                .get_field_by_name("record_id")
+                .and_then(|v| v.as_str().map(str::to_owned)),
+        }
+    }
 }
 
 /// The table name with every character outside `[A-Za-z0-9._-]` replaced, so a name sent by a
@@ -286,10 +321,13 @@ mod tests {
         state
             .commit(
                 "c.s.t",
-                vec![json!({"record_id": "a"}), json!({"record_id": "b"})],
+                vec![
+                    Row::Json(json!({"record_id": "a"})),
+                    Row::Json(json!({"record_id": "b"})),
+                ],
             )
             .unwrap();
-        state.commit("c.s.t", vec![json!({"seq": 3})]).unwrap();
+        state.commit("c.s.t", vec![Row::Json(json!({"seq": 3}))]).unwrap();
         let text = std::fs::read_to_string(dir.path().join("c.s.t.jsonl")).unwrap();
         assert_eq!(
             text,
@@ -302,7 +340,7 @@ mod tests {
     #[tokio::test]
     async fn wait_for_rows_times_out_with_the_count_reached() {
         let state = SimState::new(None);
-        state.commit("c.s.t", vec![json!({})]).unwrap();
+        state.commit("c.s.t", vec![Row::Json(json!({}))]).unwrap();
         let err = state
             .wait_for_rows("c.s.t", 2, Duration::from_millis(30))
             .await

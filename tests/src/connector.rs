@@ -1,0 +1,197 @@
+//! `iot-connector run` end to end: the real supervisor and uplink with stand-in workers (the test
+//! worker in place of the Modbus worker, `/bin/false` as a crash-looping MQTT worker, a script
+//! that exits with the configuration-error code as the OPC-UA worker).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // test harness
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use nix::{sys::signal::Signal, unistd::Pid};
+use tokio::process::Child;
+
+use crate::bin;
+
+/// A running `iot-connector run` in a temporary directory.
+#[derive(Debug)]
+pub struct Connector {
+    /// Its directory: state, runtime, stand-in binaries, config.
+    pub dir: tempfile::TempDir,
+    /// The configuration file.
+    pub config: PathBuf,
+    /// The HTTP listener's address.
+    pub http: String,
+    /// The supervisor process.
+    pub process: Child,
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A Modbus `[[sources]]` entry (the test worker stands in for the Modbus worker).
+pub fn modbus_source(name: &str, port: u16) -> String {
+    format!(
+        "[[sources]]\nname = \"{name}\"\nprotocol = \"modbus\"\nendpoint = \"tcp://127.0.0.1:{port}\"\n\
+         registers = [{{ name = \"t\", kind = \"holding\", address = 0 }}]\n"
+    )
+}
+
+/// A configuration with `sources`, everything under `dir`.
+pub fn config_text(dir: &Path, http: &str, sources: &str) -> String {
+    format!(
+        "[connector]\nid = \"sup-test\"\nstate_dir = {:?}\nruntime_dir = {:?}\nbin_dir = {:?}\nlog_level = \"warn\"\n\n\
+         [http]\nlisten = \"{http}\"\n\n{sources}",
+        dir.join("state").display().to_string(),
+        dir.join("run").display().to_string(),
+        dir.join("bin").display().to_string(),
+    )
+}
+
+impl Connector {
+    /// Stand-in binaries: the real uplink, the test worker as the Modbus worker, `/bin/false`
+    /// as the MQTT worker, and an OPC-UA worker that reports a configuration error.
+    pub async fn start(sources: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let bins = dir.path().join("bin");
+        std::fs::create_dir_all(&bins).unwrap();
+        std::os::unix::fs::symlink(
+            bin("iot-connector-uplink"),
+            bins.join("iot-connector-uplink"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            bin("iot-connector-testworker"),
+            bins.join("iot-connector-modbus"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/bin/false", bins.join("iot-connector-mqtt")).unwrap();
+        let script = bins.join("iot-connector-opcua");
+        std::fs::write(&script, "#!/bin/sh\nexit 78\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let http = format!("127.0.0.1:{}", free_port());
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, config_text(dir.path(), &http, sources)).unwrap();
+        let process = tokio::process::Command::new(bin("iot-connector"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let connector = Self {
+            dir,
+            config,
+            http,
+            process,
+        };
+        assert!(
+            connector
+                .wait_for(Duration::from_secs(30), |c| c.get("/health").0 == 200)
+                .await,
+            "never healthy"
+        );
+        connector
+    }
+
+    /// Runs an operator command against this connector: exit code and output.
+    pub fn command(&self, args: &[&str]) -> (i32, String) {
+        let output = std::process::Command::new(bin("iot-connector"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code().unwrap_or(-1), text)
+    }
+
+    /// `status --json`, one object per process.
+    pub fn status(&self) -> Vec<serde_json::Value> {
+        let (code, text) = self.command(&["status", "--json"]);
+        assert_eq!(code, 0, "{text}");
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// One process of `status`.
+    pub fn process(&self, name: &str) -> serde_json::Value {
+        self.status()
+            .into_iter()
+            .find(|p| p["name"] == name)
+            .unwrap()
+    }
+
+    /// A process id from `status`.
+    pub fn pid(&self, name: &str) -> Option<i32> {
+        self.process(name)["pid"].as_i64().and_then(|p| i32::try_from(p).ok())
+    }
+
+    /// `GET path`: status code and body (0 when the listener is down).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(&self.http) else {
+            return (0, String::new());
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        if stream.write_all(request.as_bytes()).is_err() {
+            return (0, String::new());
+        }
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// Polls `condition` every 50 ms until it holds or `timeout` passes.
+    pub async fn wait_for(&self, timeout: Duration, condition: impl Fn(&Self) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if tokio::task::block_in_place(|| condition(self)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Every running process started from the stand-in binaries.
+    pub fn children(&self) -> Vec<i32> {
+        let bins = self.dir.path().join("bin").display().to_string();
+        let output = std::process::Command::new("pgrep")
+            .args(["-f", &bins])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+/// Sends `signal` to `pid`.
+pub fn kill(pid: i32, signal: Signal) {
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
+}
