@@ -464,3 +464,73 @@ async fn server_stream_rotation_is_normal_and_loses_nothing() {
     worker.kill().await;
     uplink.process.kill().await;
 }
+
+/// A minimal HTTP CONNECT proxy on loopback that counts the tunnels it opened.
+async fn connect_proxy() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let tunnels = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&tunnels);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let counted = std::sync::Arc::clone(&counted);
+            tokio::spawn(async move {
+                let mut client = tokio::io::BufReader::new(client);
+                let mut request = String::new();
+                client.read_line(&mut request).await.ok()?;
+                let target = request
+                    .strip_prefix("CONNECT ")?
+                    .split_whitespace()
+                    .next()?
+                    .to_owned();
+                loop {
+                    let mut header = String::new();
+                    client.read_line(&mut header).await.ok()?;
+                    if header == "\r\n" || header.is_empty() {
+                        break;
+                    }
+                }
+                let mut upstream = tokio::net::TcpStream::connect(target).await.ok()?;
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                client
+                    .get_mut()
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .ok()?;
+                let mut client = client.into_inner();
+                tokio::io::copy_bidirectional(&mut client, &mut upstream)
+                    .await
+                    .ok()
+            });
+        }
+    });
+    (url, tunnels)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_proxy_carries_both_the_token_request_and_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let zerobus = emulator().await;
+    let (proxy, tunnels) = connect_proxy().await;
+    let acked = dir.path().join("acked");
+    let mut settings = uplink_settings(dir.path());
+    let mut zerobus_config = zerobus_settings(&zerobus);
+    zerobus_config.proxy = Some(proxy);
+    settings.zerobus = Some(zerobus_config);
+    let mut uplink = Uplink::start(settings).await.unwrap();
+    let worker_settings = uplink
+        .grant("line1", Table::Mqtt, &worker_config(2_000, &acked))
+        .await
+        .unwrap();
+    let mut worker = start_worker(WORKER, worker_settings).await.unwrap();
+
+    let expected = expected_ids("line1", 2_000);
+    let ids = wait_for_ids(zerobus.state(), MQTT, &expected, Duration::from_secs(60)).await;
+    assert_eq!(ids, expected);
+    // One tunnel for the OAuth token, at least one for the gRPC stream.
+    let opened = tunnels.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(opened >= 2, "{opened} tunnels through the proxy");
+    worker.kill().await;
+    uplink.process.kill().await;
+}
