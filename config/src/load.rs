@@ -717,10 +717,17 @@ fn absolute_paths(config: &mut Config, ctx: &Ctx<'_>) {
         fix(&mut zerobus.ca_file);
     }
     for source in &mut config.sources {
-        if let Source::Mqtt(mqtt) = source {
-            fix(&mut mqtt.ca_file);
-            fix(&mut mqtt.cert_file);
-            fix(&mut mqtt.key_file);
+        match source {
+            Source::Mqtt(mqtt) => {
+                fix(&mut mqtt.ca_file);
+                fix(&mut mqtt.cert_file);
+                fix(&mut mqtt.key_file);
+            }
+            Source::Opcua(opcua) => {
+                fix(&mut opcua.user_certificate_file);
+                fix(&mut opcua.user_private_key_file);
+            }
+            Source::Modbus(_) => {}
         }
     }
 }

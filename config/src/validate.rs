@@ -443,6 +443,37 @@ fn check_opcua(s: &OpcuaSource, at: &At<'_, '_, '_, '_>, p: &mut Problems) {
             "is set without username: add username = \"…\" or remove password",
         );
     }
+    if matches!(
+        s.security_policy,
+        SecurityPolicy::Basic128Rsa15 | SecurityPolicy::Basic256
+    ) && !s.allow_deprecated_security
+    {
+        at.report(
+            p,
+            "security_policy",
+            format!("{:?} is deprecated (broken SHA-1/PKCS#1 v1.5): use \"Basic256Sha256\" or newer, or set allow_deprecated_security = true if the server offers nothing else", s.security_policy),
+        );
+    }
+    if s.username.is_some() && s.user_certificate_file.is_some() {
+        at.report(
+            p,
+            "user_certificate_file",
+            "and username are two identities: keep one of them",
+        );
+    }
+    if s.user_certificate_file.is_some() != s.user_private_key_file.is_some() {
+        let key = if s.user_certificate_file.is_some() {
+            "user_certificate_file"
+        } else {
+            "user_private_key_file"
+        };
+        at.report(
+            p,
+            key,
+            "needs its pair: set both user_certificate_file and user_private_key_file",
+        );
+    }
+    check_positive(at, p, "connect_timeout_ms", s.connect_timeout_ms);
     check_positive(at, p, "publishing_interval_ms", s.publishing_interval_ms);
     for (i, node) in s.nodes.iter().enumerate() {
         if node.node_id.trim().is_empty() {

@@ -565,3 +565,18 @@ fn a_misspelt_secret_is_reported_without_quoting_it() {
     assert_eq!(errors.problems[0].line, 8);
     assert!(!errors.to_string().contains("${2"), "{errors}");
 }
+
+#[test]
+fn a_deprecated_opcua_policy_needs_an_explicit_opt_in_and_one_identity_is_allowed() {
+    assert_problems(
+        &edit(&[(
+            18,
+            "endpoint = \"opc.tcp://10.20.0.5:4840\"\nsecurity_policy = \"Basic256\"\nsecurity_mode = \"Sign\"\nusername = \"u\"\nuser_certificate_file = \"u.der\"",
+        )]),
+        &[
+            (19, &["deprecated", "allow_deprecated_security"]),
+            (22, &["two identities"]),
+            (22, &["user_private_key_file"]),
+        ],
+    );
+}
