@@ -56,6 +56,16 @@ pub fn config_text(dir: &Path, http: &str, sources: &str) -> String {
     )
 }
 
+fn run_supervisor(config: &Path) -> Child {
+    tokio::process::Command::new(bin("iot-connector"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 impl Connector {
     /// Stand-in binaries: the real uplink, the test worker as the Modbus worker, `/bin/false`
     /// as the MQTT worker, and an OPC-UA worker that reports a configuration error.
@@ -80,26 +90,29 @@ impl Connector {
         let http = format!("127.0.0.1:{}", free_port());
         let config = dir.path().join("config.toml");
         std::fs::write(&config, config_text(dir.path(), &http, sources)).unwrap();
-        let process = tokio::process::Command::new(bin("iot-connector"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let process = run_supervisor(&config);
         let connector = Self {
             dir,
             config,
             http,
             process,
         };
+        connector.wait_until_healthy().await;
+        connector
+    }
+
+    /// Starts the supervisor again on the same directory, after it was killed or stopped.
+    pub async fn rerun(&mut self) {
+        self.process = run_supervisor(&self.config);
+        self.wait_until_healthy().await;
+    }
+
+    async fn wait_until_healthy(&self) {
         assert!(
-            connector
-                .wait_for(Duration::from_secs(30), |c| c.get("/health").0 == 200)
+            self.wait_for(Duration::from_secs(30), |c| c.get("/health").0 == 200)
                 .await,
             "never healthy"
         );
-        connector
     }
 
     /// Runs an operator command against this connector: exit code and output.
@@ -137,7 +150,9 @@ impl Connector {
 
     /// A process id from `status`.
     pub fn pid(&self, name: &str) -> Option<i32> {
-        self.process(name)["pid"].as_i64().and_then(|p| i32::try_from(p).ok())
+        self.process(name)["pid"]
+            .as_i64()
+            .and_then(|p| i32::try_from(p).ok())
     }
 
     /// `GET path`: status code and body (0 when the listener is down).

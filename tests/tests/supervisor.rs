@@ -244,6 +244,16 @@ async fn health_is_503_while_the_uplink_is_down() {
     assert_ne!(c.pid("uplink"), Some(uplink));
     let uplink = c.pid("uplink").unwrap();
     kill(uplink, Signal::SIGKILL);
+    // Between the kill and the new uplink's first report the load balancer must see 503.
+    let mut saw_503 = false;
+    for _ in 0..500 {
+        if c.get("/health").0 == 503 {
+            saw_503 = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(saw_503, "/health never answered 503 while the uplink was down");
     assert!(
         c.wait_for(Duration::from_secs(30), |c| c
             .pid("uplink")
@@ -431,6 +441,76 @@ fn check_accepts_every_example_and_names_the_line_of_each_problem() {
         assert!(
             rest.split(':').next().unwrap().parse::<usize>().is_ok(),
             "{line}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_records_survive_a_killed_and_a_stopped_supervisor() {
+    let zerobus = iot_connector_sim_zerobus::start(Default::default())
+        .await
+        .unwrap();
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    zerobus.write_ca_pem(ca.path()).unwrap();
+    let tables = iot_connector_tests::TABLES;
+    let zerobus_block = format!(
+        "[zerobus]\nendpoint = \"{}\"\nworkspace_url = \"{}\"\nclient_id = \"id\"\nclient_secret = \"secret\"\n\
+         ca_file = {:?}\ntables = {{ opcua = \"{}\", mqtt = \"{}\", modbus = \"{}\", status = \"{}\" }}\n\n",
+        zerobus.grpc_url(),
+        zerobus.oauth_url(),
+        ca.path().display().to_string(),
+        tables[0],
+        tables[1],
+        tables[2],
+        tables[3],
+    );
+    let sources = format!(
+        "{zerobus_block}{}{}",
+        modbus_source("plc1", 1502),
+        modbus_source("plc2", 1503)
+    );
+    let mut c = Connector::start(&sources).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    kill(c.process.id().unwrap() as i32, Signal::SIGKILL);
+    let _ = c.process.wait().await;
+    assert!(wait_until(Duration::from_secs(10), || c.children().is_empty()).await);
+    c.rerun().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    kill(c.process.id().unwrap() as i32, Signal::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(30), c.process.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    c.rerun().await;
+
+    // Every sequence number up to the highest delivered arrived: nothing acknowledged was lost
+    // across the kill and the stop, and a restarted worker never skipped or reused a number.
+    let state = zerobus.state().clone();
+    for source in ["plc1", "plc2"] {
+        let contiguous = |state: &iot_connector_sim_zerobus::SimState| {
+            let seqs: std::collections::BTreeSet<i64> = state
+                .rows(tables[2])
+                .iter()
+                .filter(|r| r["source_name"] == source)
+                .filter_map(|r| r["seq"].as_i64())
+                .collect();
+            let max = seqs.last().copied().unwrap_or(0);
+            (max > 1_000 && seqs.len() as i64 == max).then_some(max)
+        };
+        let mut delivered = None;
+        for _ in 0..60 {
+            delivered = contiguous(&state);
+            if delivered.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(
+            delivered.is_some(),
+            "{source}: a gap in the delivered sequence numbers"
         );
     }
 }
