@@ -1,0 +1,147 @@
+//! The README's first command: `iot-connector demo`, headless, as a newcomer would run it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // test code
+
+use std::{
+    io::{Read, Write},
+    path::Path,
+    process::Stdio,
+    time::Duration,
+};
+
+use iot_connector_tests::{bin, wait_until};
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn get(address: &str, path: &str) -> (u16, String) {
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return (0, String::new());
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    );
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    )
+}
+
+fn status(config: &Path) -> Vec<serde_json::Value> {
+    let output = std::process::Command::new(bin("iot-connector"))
+        .args(["status", "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_fills_every_table_survives_a_killed_worker_and_stops_cleanly() {
+    let cwd = tempfile::tempdir().unwrap();
+    let http = format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    let mut demo = tokio::process::Command::new(bin("iot-connector"))
+        .arg("demo")
+        .current_dir(cwd.path())
+        .env("IOT_CONNECTOR_DEMO_HTTP", &http)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let zerobus = cwd.path().join("demo/zerobus");
+    let modbus = zerobus.join("demo.bronze.modbus_events.jsonl");
+    let mqtt = zerobus.join("demo.bronze.mqtt_events.jsonl");
+    let tags = |path: &Path, column: &str| -> std::collections::HashSet<String> {
+        lines(path)
+            .iter()
+            .filter_map(|r| r[column].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || tags(&modbus, "tag_name").len()
+            >= 5
+            && tags(&mqtt, "topic").len() >= 4)
+        .await,
+        "modbus tags {:?}, mqtt topics {:?}",
+        tags(&modbus, "tag_name"),
+        tags(&mqtt, "topic")
+    );
+    assert_eq!(get(&http, "/health").0, 200);
+    let row = lines(&modbus)
+        .into_iter()
+        .find(|r| r["tag_name"] == "boiler_temp")
+        .unwrap();
+    let temperature = row["value_num"].as_f64().unwrap();
+    assert!(
+        (70.0..=90.0).contains(&temperature),
+        "a float32 ABCD decodes to a boiler temperature: {row}"
+    );
+
+    let config = cwd.path().join("demo/config.toml");
+    let before = status(&config)
+        .into_iter()
+        .find(|p| p["name"] == "boiler_plc")
+        .unwrap();
+    let pid = i32::try_from(before["pid"].as_i64().unwrap()).unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || status(&config).iter().any(
+            |p| p["name"] == "boiler_plc" && p["restarts"] == 1 && p["state"] == "connected"
+        ))
+        .await
+    );
+    let rows = lines(&modbus).len();
+    assert!(
+        wait_until(Duration::from_secs(20), || lines(&modbus).len() > rows + 3).await,
+        "rows keep coming"
+    );
+
+    let demo_pid = i32::try_from(demo.id().unwrap()).unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(demo_pid),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(40), demo.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    let mut summary = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut demo.stdout.take().unwrap(), &mut summary)
+        .await
+        .unwrap();
+    assert!(
+        summary.contains("restarts") && summary.contains("rows at Zerobus"),
+        "{summary}"
+    );
+    assert!(summary.contains(&format!("http://{http}/health")));
+}
