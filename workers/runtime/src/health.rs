@@ -22,6 +22,9 @@ pub struct Health {
     dropped: Mutex<BTreeMap<String, u64>>,
     last_error: Mutex<Option<String>>,
     certificate_days_left: Mutex<Option<i64>>,
+    /// Wakes the heartbeat early when the connection state changes, so that status and health
+    /// follow a reconnect at once rather than at the next tick.
+    changed: tokio::sync::Notify,
 }
 
 /// This process's board.
@@ -39,10 +42,18 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Health {
     /// The session with the source is up (clears the last error) or down.
     pub fn set_connected(&self, connected: bool) {
-        self.connected.store(connected, Ordering::Relaxed);
+        let was = self.connected.swap(connected, Ordering::Relaxed);
         if connected {
             *lock(&self.last_error) = None;
         }
+        if was != connected {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Resolves when the connection state changed since the last call.
+    pub(crate) async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// The worker connected again after losing its source.

@@ -61,7 +61,10 @@ pub async fn start() -> Result<(WorkerSettings, Control), StartError> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = health().changed() => {}
+            }
             let report = ChildReport::Worker(health().report());
             if writer.send(&Message::Heartbeat(report)).await.is_err() {
                 return;
