@@ -314,6 +314,14 @@ async fn metrics_parse_and_name_every_declared_metric_with_source_labels() {
             == "connected")
             .await
     );
+    // The uplink reports what it wrote with its next heartbeat.
+    assert!(
+        c.wait_for(Duration::from_secs(20), |c| c
+            .get("/metrics")
+            .1
+            .contains("iot_connector_records_written_total{source=\"plc1\"}"))
+            .await
+    );
     let (status, body) = c.get("/metrics");
     assert_eq!(status, 200);
     let lines = body.lines().map(|l| Ok(l.to_owned()));
