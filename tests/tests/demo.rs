@@ -74,23 +74,94 @@ async fn the_demo_fills_every_table_survives_a_killed_worker_and_stops_cleanly()
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let started = std::time::Instant::now();
     let zerobus = cwd.path().join("demo/zerobus");
+    let opcua = zerobus.join("demo.bronze.opcua_events.jsonl");
     let modbus = zerobus.join("demo.bronze.modbus_events.jsonl");
     let mqtt = zerobus.join("demo.bronze.mqtt_events.jsonl");
+    let connector_status = zerobus.join("demo.bronze.connector_status.jsonl");
     let tags = |path: &Path, column: &str| -> std::collections::HashSet<String> {
         lines(path)
             .iter()
             .filter_map(|r| r[column].as_str().map(str::to_owned))
             .collect()
     };
+    // Every simulated source, by the column that names it in its table.
+    let expected: [(&Path, &str, Vec<String>); 3] = [
+        (
+            &opcua,
+            "node_id",
+            [
+                "Reactor.Temperature",
+                "Reactor.Pressure",
+                "Cooler.Temperature",
+                "Cooler.Pressure",
+                "Agitator.Running",
+                "Pump.Running",
+                "Packer.Count",
+            ]
+            .map(|n| format!(";s=Plant.{n}"))
+            .to_vec(),
+        ),
+        (
+            &mqtt,
+            "topic",
+            [
+                "plant/hall_a/temperature",
+                "plant/hall_b/temperature",
+                "plant/cold_store/temperature",
+                "plant/press_1/vibration",
+                // Sparkplug B NDATA carries aliases only: the names come from the NBIRTH.
+                "spBv1.0/demo/NDATA/edge1/Conveyor/Speed",
+                "spBv1.0/demo/NDATA/edge1/Conveyor/Running",
+                "spBv1.0/demo/NDATA/edge1/Conveyor/PartCount",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        ),
+        (
+            &modbus,
+            "tag_name",
+            [
+                "boiler_temp",
+                "flow_total",
+                "firmware",
+                "steam_pressure",
+                "burner_on",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        ),
+    ];
+    let missing = || -> Vec<String> {
+        expected
+            .iter()
+            .flat_map(|(path, column, wanted)| {
+                let seen = tags(path, column);
+                wanted
+                    .iter()
+                    .filter(move |w| !seen.iter().any(|s| s.ends_with(w.as_str())))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
     assert!(
-        wait_until(Duration::from_secs(60), || tags(&modbus, "tag_name").len()
-            >= 5
-            && tags(&mqtt, "topic").len() >= 4)
+        wait_until(Duration::from_secs(30), || missing().is_empty()
+            && !lines(&connector_status).is_empty())
         .await,
-        "modbus tags {:?}, mqtt topics {:?}",
-        tags(&modbus, "tag_name"),
-        tags(&mqtt, "topic")
+        "within 30 s, no rows yet from {:?}; status rows: {}",
+        missing(),
+        lines(&connector_status).len()
+    );
+    assert!(
+        lines(&mqtt)
+            .iter()
+            .filter(|r| r["topic"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("spBv1.0/")))
+            .all(|r| r["parse_error"].is_null()),
+        "every Sparkplug metric resolves"
     );
     assert_eq!(get(&http, "/health").0, 200);
     let row = lines(&modbus)
@@ -125,6 +196,20 @@ async fn the_demo_fills_every_table_survives_a_killed_worker_and_stops_cleanly()
         "rows keep coming"
     );
 
+    for table in [&opcua, &mqtt] {
+        let rows = lines(table).len();
+        assert!(
+            wait_until(Duration::from_secs(20), || lines(table).len() > rows + 3).await,
+            "{} keeps growing",
+            table.display()
+        );
+    }
+
+    // At least 20 s of headless running before the clean stop.
+    let ran = started.elapsed();
+    if ran < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_secs(20) - ran).await;
+    }
     let demo_pid = i32::try_from(demo.id().unwrap()).unwrap();
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(demo_pid),

@@ -1,5 +1,6 @@
-//! `iot-connector demo`: starts a simulated plant (a Modbus boiler PLC, an MQTT broker with
-//! publishing sensors) and a local Zerobus emulator that writes every row it acknowledges as JSON
+//! `iot-connector demo`: starts a simulated plant (an OPC-UA server with a process plant, a Modbus
+//! boiler PLC, an MQTT broker with sensors publishing JSON and a Sparkplug B edge node) and a
+//! local Zerobus emulator that writes every row it acknowledges as JSON
 //! lines under `./demo/zerobus/`, writes a configuration for them, runs the real connector
 //! (`iot-connector run`: supervisor, uplink and workers) and prints a live summary every second.
 //! Ctrl-C stops everything.
@@ -10,6 +11,7 @@
 
 mod modbus;
 mod mqtt;
+mod opcua;
 
 use std::{
     io::{Read, Write},
@@ -154,6 +156,9 @@ async fn run() -> Result<(), String> {
     zerobus
         .write_ca_pem(&dir.join("zerobus-ca.pem"))
         .map_err(|e| e.to_string())?;
+    let opcua_port = opcua::start(&dir.join("opcua-server-pki"))
+        .await
+        .map_err(|e| format!("OPC-UA server: {e}"))?;
     let modbus_port = modbus::start()
         .await
         .map_err(|e| format!("Modbus simulator: {e}"))?;
@@ -161,7 +166,12 @@ async fn run() -> Result<(), String> {
         .await
         .map_err(|e| format!("MQTT broker: {e}"))?;
     let http = std::env::var("IOT_CONNECTOR_DEMO_HTTP").unwrap_or_else(|_| "127.0.0.1:8081".into());
-    let sources = format!("{}{}", modbus::source(modbus_port), mqtt::source(mqtt_port));
+    let sources = format!(
+        "{}{}{}",
+        opcua::source(opcua_port),
+        modbus::source(modbus_port),
+        mqtt::source(mqtt_port)
+    );
     let config_path = dir.join("config.toml");
     std::fs::write(&config_path, config(&dir, &zerobus, &http, &sources))
         .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
