@@ -131,21 +131,24 @@ impl Connector {
         (output.status.code().unwrap_or(-1), text)
     }
 
-    /// `status --json`, one object per process.
+    /// `status --json`, one object per process; empty while the supervisor does not answer yet
+    /// (a condition polled with [`Connector::wait_for`] then simply does not hold).
     pub fn status(&self) -> Vec<serde_json::Value> {
         let (code, text) = self.command(&["status", "--json"]);
-        assert_eq!(code, 0, "{text}");
+        if code != 0 {
+            return Vec::new();
+        }
         text.lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
 
-    /// One process of `status`.
+    /// One process of `status`, `null` when there is none.
     pub fn process(&self, name: &str) -> serde_json::Value {
         self.status()
             .into_iter()
             .find(|p| p["name"] == name)
-            .unwrap()
+            .unwrap_or(serde_json::Value::Null)
     }
 
     /// A process id from `status`.
