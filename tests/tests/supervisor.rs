@@ -253,7 +253,10 @@ async fn health_is_503_while_the_uplink_is_down() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!(saw_503, "/health never answered 503 while the uplink was down");
+    assert!(
+        saw_503,
+        "/health never answered 503 while the uplink was down"
+    );
     assert!(
         c.wait_for(Duration::from_secs(30), |c| c
             .pid("uplink")

@@ -327,7 +327,9 @@ mod tests {
                 ],
             )
             .unwrap();
-        state.commit("c.s.t", vec![Row::Json(json!({"seq": 3}))]).unwrap();
+        state
+            .commit("c.s.t", vec![Row::Json(json!({"seq": 3}))])
+            .unwrap();
         let text = std::fs::read_to_string(dir.path().join("c.s.t.jsonl")).unwrap();
         assert_eq!(
             text,
