@@ -16,6 +16,6 @@ pub use message::{
 };
 pub use record::{
     Detail, ModbusDetail, MqttDetail, OpcuaDetail, Quality, Record, StatusDetail, StatusEvent,
-    Value,
+    Value, now_us,
 };
 pub use table::Table;

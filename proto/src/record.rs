@@ -2,6 +2,13 @@
 
 use bincode::{Decode, Encode};
 
+/// Now, in the unit of every timestamp of a [`Record`]: microseconds since the epoch, UTC.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
 /// One observed value (or one connector event) from one source.
 ///
 /// `seq` is the source's own sequence number: strictly increasing across worker restarts, since

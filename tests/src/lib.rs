@@ -134,6 +134,25 @@ impl Uplink {
         })
     }
 
+    /// Opens the uplink's spool (its directory, key, size limit and policy) in this process,
+    /// to look at what it holds. The uplink must be stopped: the spool admits one process.
+    pub fn open_spool(
+        &self,
+    ) -> Result<iot_connector_uplink::spool::Spool, iot_connector_uplink::spool::SpoolError> {
+        use iot_connector_uplink::spool::{SealKey, Spool};
+        let key = self
+            .settings
+            .key_file
+            .as_deref()
+            .map(|f| SealKey::load_or_create(Path::new(f)));
+        Spool::open(
+            Path::new(&self.settings.spool_dir),
+            key.transpose()?,
+            self.settings.max_bytes,
+            self.settings.full_policy,
+        )
+    }
+
     /// SIGKILLs the uplink and starts a new one on the same spool with every current grant, as
     /// the supervisor does.
     pub async fn kill_and_restart(&mut self) -> Result<(), IpcError> {
@@ -280,4 +299,30 @@ pub async fn wait_for_ids(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// `GET path` on a connector's HTTP listener: the status code (0 when nothing answers) and the
+/// body.
+pub fn http_get(address: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return (0, String::new());
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }

@@ -3,22 +3,10 @@
 
 use std::time::Duration;
 
-use iot_connector_proto::{SpoolPolicy, Table};
+use iot_connector_proto::Table;
 use iot_connector_tests::{Uplink, read_acked, start_worker, uplink_settings, wait_until};
-use iot_connector_uplink::spool::{SealKey, Spool};
 
 const WORKER: &str = "iot-connector-testworker";
-
-fn open_spool(dir: &std::path::Path) -> Spool {
-    let key = SealKey::load_or_create(&dir.join("keys/spool.key")).unwrap();
-    Spool::open(
-        &dir.join("spool"),
-        Some(key),
-        1 << 30,
-        SpoolPolicy::DropOldest,
-    )
-    .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_record_is_in_the_spool() {
@@ -39,7 +27,7 @@ async fn every_acknowledged_record_is_in_the_spool() {
     worker.kill().await;
     uplink.process.kill().await;
 
-    let spool = open_spool(dir.path());
+    let spool = uplink.open_spool().unwrap();
     assert_eq!(spool.last_seq("line1").unwrap(), Some(20000));
     let rows = spool
         .read(Table::Mqtt, None, usize::MAX, usize::MAX)
@@ -76,7 +64,7 @@ async fn a_restarted_worker_resumes_after_the_last_durable_seq() {
     worker.kill().await;
     uplink.process.kill().await;
 
-    let spool = open_spool(dir.path());
+    let spool = uplink.open_spool().unwrap();
     let rows = spool
         .read(Table::Modbus, None, usize::MAX, usize::MAX)
         .unwrap();
@@ -113,6 +101,6 @@ async fn a_worker_with_a_wrong_token_is_refused() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     worker.kill().await;
     uplink.process.kill().await;
-    let spool = open_spool(dir.path());
+    let spool = uplink.open_spool().unwrap();
     assert_eq!(spool.last_seq("line1").unwrap(), None);
 }

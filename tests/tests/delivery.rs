@@ -218,17 +218,7 @@ async fn a_poison_record_is_dead_lettered_and_every_other_record_lands() {
     worker.kill().await;
     uplink.process.kill().await;
 
-    let key =
-        iot_connector_uplink::spool::SealKey::load_or_create(&dir.path().join("keys/spool.key"))
-            .unwrap();
-    let spool = iot_connector_uplink::spool::Spool::open(
-        &dir.path().join("spool"),
-        Some(key),
-        1 << 30,
-        iot_connector_proto::SpoolPolicy::DropOldest,
-    )
-    .unwrap();
-    let dead = spool.dead_letters().unwrap();
+    let dead = uplink.open_spool().unwrap().dead_letters().unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     let row = <iot_connector_proto::table::bronze::MqttEvent as prost::Message>::decode(
         dead[0].row.as_slice(),
@@ -314,12 +304,7 @@ async fn fill_spool(
     let last_acked = read_acked(&acked);
     worker.kill().await;
     uplink.process.kill().await;
-    let key =
-        iot_connector_uplink::spool::SealKey::load_or_create(&dir.join("keys/spool.key")).unwrap();
-    let spool =
-        iot_connector_uplink::spool::Spool::open(&dir.join("spool"), Some(key), max_bytes, policy)
-            .unwrap();
-    (spool, last_acked)
+    (uplink.open_spool().unwrap(), last_acked)
 }
 
 /// The data rows and the policy drops the status rows report.
@@ -340,45 +325,14 @@ fn rows_and_reported_drops(spool: &iot_connector_uplink::spool::Spool) -> (u64, 
     (data, dropped)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_spool_under_drop_newest_keeps_the_oldest_and_counts_every_drop() {
+/// Fills a 200 kB spool with 5,000 records under a dropping policy, checks that the source was
+/// never stalled and that every record is either kept or counted in a status row, and returns
+/// the kept records with the spool bytes they take.
+async fn kept_under(policy: iot_connector_proto::SpoolPolicy) -> (Vec<i64>, usize) {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, acked) = fill_spool(
-        dir.path(),
-        iot_connector_proto::SpoolPolicy::DropNewest,
-        200_000,
-        5_000,
-        Duration::from_secs(30),
-    )
-    .await;
-    assert_eq!(acked, Some(5_000), "drop_newest never stalls the source");
-    let (data, dropped) = rows_and_reported_drops(&spool);
-    assert!(data < 5_000 && data > 0);
-    assert_eq!(
-        data + dropped,
-        5_000,
-        "every record is either stored or reported dropped"
-    );
-    let first = spool.read(Table::Mqtt, None, 1, usize::MAX).unwrap();
-    let first = <iot_connector_proto::table::bronze::MqttEvent as prost::Message>::decode(
-        first[0].row.as_slice(),
-    )
-    .unwrap();
-    assert_eq!(first.seq(), 1, "the oldest records are the ones kept");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_spool_under_drop_oldest_keeps_the_newest_and_counts_every_drop() {
-    let dir = tempfile::tempdir().unwrap();
-    let (spool, acked) = fill_spool(
-        dir.path(),
-        iot_connector_proto::SpoolPolicy::DropOldest,
-        200_000,
-        5_000,
-        Duration::from_secs(30),
-    )
-    .await;
-    assert_eq!(acked, Some(5_000), "drop_oldest never stalls the source");
+    let (spool, acked) =
+        fill_spool(dir.path(), policy, 200_000, 5_000, Duration::from_secs(30)).await;
+    assert_eq!(acked, Some(5_000), "{policy:?} never stalls the source");
     let (data, dropped) = rows_and_reported_drops(&spool);
     assert!(data < 5_000 && data > 0);
     assert_eq!(
@@ -389,16 +343,39 @@ async fn a_full_spool_under_drop_oldest_keeps_the_newest_and_counts_every_drop()
     let rows = spool
         .read(Table::Mqtt, None, usize::MAX, usize::MAX)
         .unwrap();
-    let sealed_data_bytes: usize = rows.iter().map(|r| r.row.len() + 16).sum();
-    assert!(
-        sealed_data_bytes <= 200_000,
-        "{sealed_data_bytes} bytes of data kept"
+    let sealed_bytes = rows.iter().map(|r| r.row.len() + 16).sum();
+    let seqs = rows
+        .iter()
+        .map(|r| {
+            <iot_connector_proto::table::bronze::MqttEvent as prost::Message>::decode(
+                r.row.as_slice(),
+            )
+            .unwrap()
+            .seq()
+        })
+        .collect();
+    (seqs, sealed_bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_under_drop_newest_keeps_the_oldest_and_counts_every_drop() {
+    let (seqs, _) = kept_under(iot_connector_proto::SpoolPolicy::DropNewest).await;
+    assert_eq!(
+        seqs.first(),
+        Some(&1),
+        "the oldest records are the ones kept"
     );
-    let last = <iot_connector_proto::table::bronze::MqttEvent as prost::Message>::decode(
-        rows.last().unwrap().row.as_slice(),
-    )
-    .unwrap();
-    assert_eq!(last.seq(), 5_000, "the newest records are the ones kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_under_drop_oldest_keeps_the_newest_and_counts_every_drop() {
+    let (seqs, sealed_bytes) = kept_under(iot_connector_proto::SpoolPolicy::DropOldest).await;
+    assert!(sealed_bytes <= 200_000, "{sealed_bytes} bytes of data kept");
+    assert_eq!(
+        seqs.last(),
+        Some(&5_000),
+        "the newest records are the ones kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

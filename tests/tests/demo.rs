@@ -1,14 +1,9 @@
 //! The README's first command: `iot-connector demo`, headless, as a newcomer would run it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // test code
 
-use std::{
-    io::{Read, Write},
-    path::Path,
-    process::Stdio,
-    time::Duration,
-};
+use std::{path::Path, process::Stdio, time::Duration};
 
-use iot_connector_tests::{bin, wait_until};
+use iot_connector_tests::{bin, http_get, wait_until};
 
 fn lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
@@ -16,31 +11,6 @@ fn lines(path: &Path) -> Vec<serde_json::Value> {
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
-}
-
-fn get(address: &str, path: &str) -> (u16, String) {
-    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
-        return (0, String::new());
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    );
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default(),
-    )
 }
 
 fn status(config: &Path) -> Vec<serde_json::Value> {
@@ -163,7 +133,7 @@ async fn the_demo_fills_every_table_survives_a_killed_worker_and_stops_cleanly()
             .all(|r| r["parse_error"].is_null()),
         "every Sparkplug metric resolves"
     );
-    assert_eq!(get(&http, "/health").0, 200);
+    assert_eq!(http_get(&http, "/health").0, 200);
     let row = lines(&modbus)
         .into_iter()
         .find(|r| r["tag_name"] == "boiler_temp")

@@ -1563,16 +1563,7 @@ async fn bench_registers_per_second_into_the_spool_and_rss_with_10000_registers(
     baseline.kill().await;
     uplink.process.kill().await;
 
-    let key =
-        iot_connector_uplink::spool::SealKey::load_or_create(&dir.path().join("keys/spool.key"))
-            .unwrap();
-    let spool = iot_connector_uplink::spool::Spool::open(
-        &dir.path().join("spool"),
-        Some(key),
-        1 << 30,
-        iot_connector_proto::SpoolPolicy::DropOldest,
-    )
-    .unwrap();
+    let spool = uplink.open_spool().unwrap();
     let stored = spool.last_seq("bench").unwrap().unwrap_or(0);
     let target = 8 * 1024 + u64::from(REGISTERS);
     println!(

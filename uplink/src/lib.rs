@@ -19,13 +19,6 @@ pub mod writer;
 /// The `source_name` of the status rows the uplink writes itself (drops, dead letters).
 pub const UPLINK_SOURCE: &str = "_uplink";
 
-/// Microseconds since the epoch, UTC.
-pub fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
-
 /// Encodes a status-table row the uplink writes about itself (drops, dead letters).
 pub fn status_row(
     connector_id: &str,
@@ -34,7 +27,7 @@ pub fn status_row(
     count: u64,
 ) -> Vec<u8> {
     use iot_connector_proto::{Detail, Quality, Record, StatusDetail, Value};
-    let now = now_us();
+    let now = iot_connector_proto::now_us();
     let record = Record {
         seq: 0,
         event_time_us: now,

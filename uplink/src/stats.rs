@@ -113,7 +113,7 @@ impl Stats {
         let (spool_bytes, spool_rows) = spool_stats
             .as_ref()
             .map_or((0, [0; 4]), |s| (s.live_bytes, s.rows));
-        let now = crate::now_us();
+        let now = iot_connector_proto::now_us();
         let oldest_unacked_seconds = Table::ALL
             .iter()
             .filter_map(|t| {

@@ -13,6 +13,7 @@ mod uplink;
 
 pub use health::{Health, health};
 pub use iot_connector_ipc::Backoff;
+pub use iot_connector_proto::now_us;
 pub use uplink::{Sink, SinkOptions, WindowFull};
 
 use iot_connector_ipc::{ExitStatus, FrameReader, FrameWriter, IpcError, Phase, handshake, os};
@@ -20,13 +21,6 @@ use iot_connector_proto::{ChildReport, Message, Role, WorkerSettings};
 
 /// How often a worker tells the supervisor it is alive.
 pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Microseconds since the epoch, UTC.
-pub fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
 
 /// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]
