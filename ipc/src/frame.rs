@@ -44,6 +44,10 @@ pub fn decode(body: &[u8]) -> Result<Message, IpcError> {
     }
 }
 
+/// A receive buffer grown past this is freed after its frame: a one-off large frame (a worker's
+/// configuration with 10,000 registers is 1.5 MB) must not stay resident for the process's life.
+const KEEP_BUFFER_BYTES: usize = 64 * 1024;
+
 /// The receiving half of a connection.
 #[derive(Debug)]
 pub struct FrameReader<R> {
@@ -84,11 +88,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             return Err(IpcError::FrameTooLarge(len));
         }
         self.body.resize(len, 0);
-        match self.inner.read_exact(&mut self.body).await {
+        let read = self.inner.read_exact(&mut self.body).await;
+        let message = match read {
             Ok(_) => decode(&self.body).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(IpcError::Truncated),
             Err(e) => Err(e.into()),
+        };
+        if self.body.capacity() > KEEP_BUFFER_BYTES {
+            self.body = Vec::new();
         }
+        message
     }
 }
 

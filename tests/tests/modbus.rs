@@ -1495,17 +1495,19 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Starts `iot-connector-modbus` for `registers` uint16 holding registers polled every
-/// `poll_interval_ms`, against `server`, into `uplink`'s spool.
+/// `poll_interval_ms`, with `deadband`, against `server`, into `uplink`'s spool.
 async fn bench_worker(
     uplink: &mut Uplink,
     name: &str,
     server: &TcpDevice,
     registers: u16,
     poll_interval_ms: u64,
+    deadband: Option<f64>,
 ) -> Process {
     let registers = (0..registers)
-        .map(|a| {
-            register(
+        .map(|a| ModbusRegister {
+            deadband,
+            ..register(
                 &format!("r{a}"),
                 1,
                 RegisterKind::Holding,
@@ -1543,7 +1545,7 @@ async fn bench_registers_per_second_into_the_spool_and_rss_with_10000_registers(
     let mut uplink = Uplink::start(uplink_settings(dir.path())).await.unwrap();
 
     // Throughput: scans back to back (poll interval 1 ms).
-    let mut worker = bench_worker(&mut uplink, "bench", &server, REGISTERS, 1).await;
+    let mut worker = bench_worker(&mut uplink, "bench", &server, REGISTERS, 1, None).await;
     let running = std::time::Instant::now();
     assert!(wait_until(Duration::from_secs(30), || device.requests() >= 80).await);
     let (requests, started) = (device.requests(), std::time::Instant::now());
@@ -1555,8 +1557,22 @@ async fn bench_registers_per_second_into_the_spool_and_rss_with_10000_registers(
     let run_time = running.elapsed().as_secs_f64();
 
     // Memory at a realistic rate (every register once a second), and a one-register baseline.
-    let mut steady = bench_worker(&mut uplink, "steady", &server, REGISTERS, 1000).await;
-    let mut baseline = bench_worker(&mut uplink, "baseline", &server, 1, 1000).await;
+    // Polling alone: the values never change and a zero deadband reports none of them again, so
+    // the uplink does no work and the read rate is the worker's and the device's.
+    let mut polling = bench_worker(&mut uplink, "polling", &server, REGISTERS, 1, Some(0.0)).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || device.requests()
+            >= requests + reads + 80)
+        .await
+    );
+    let (polled, polling_started) = (device.requests(), std::time::Instant::now());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let polling_reads = device.requests() - polled;
+    let polling_elapsed = polling_started.elapsed().as_secs_f64();
+    polling.kill().await;
+
+    let mut steady = bench_worker(&mut uplink, "steady", &server, REGISTERS, 1000, None).await;
+    let mut baseline = bench_worker(&mut uplink, "baseline", &server, 1, 1000, None).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     let (rss_steady, rss_baseline) = (rss_kib(steady.pid()), rss_kib(baseline.pid()));
     steady.kill().await;
@@ -1568,12 +1584,15 @@ async fn bench_registers_per_second_into_the_spool_and_rss_with_10000_registers(
     let target = 8 * 1024 + u64::from(REGISTERS);
     println!(
         "modbus bench: {:.0} reads/s of 125 registers ({:.0} registers/s read); {stored} records \
-         in the spool, {:.0} records/s into the spool; worker RSS with {REGISTERS} registers: \
+         in the spool, {:.0} records/s into the spool; polling alone (no change to report): \
+         {:.0} reads/s ({:.0} registers/s); worker RSS with {REGISTERS} registers: \
          {rss_steady} KiB polled every second, {rss_hot} KiB polled back to back, {rss_baseline} \
          KiB with one register (target {target} KiB)",
         reads as f64 / elapsed,
         reads as f64 * 125.0 / elapsed,
         stored as f64 / run_time,
+        polling_reads as f64 / polling_elapsed,
+        polling_reads as f64 * 125.0 / polling_elapsed,
     );
     // The target is for release builds; a debug build's own code and data add megabytes.
     if !cfg!(debug_assertions) {

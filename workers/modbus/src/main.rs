@@ -86,6 +86,8 @@ async fn run() -> Result<(), MainError> {
         source_name: source_name.clone(),
         problems,
     })?;
+    // Parsing a large register map leaves its transient data freed but resident.
+    iot_connector_ipc::os::release_free_memory();
     let sink = tokio::select! {
         sink = Sink::connect(&settings, SinkOptions::default()) => sink,
         () = control.closed() => return Ok(()),
