@@ -70,7 +70,7 @@ fn server_keys() -> &'static Path {
     static KEYS: OnceLock<PathBuf> = OnceLock::new();
     KEYS.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap().keep();
-        let description = builder(0, &dir, Offer::All)
+        let description = builder(0, &dir, Offer::All, ITEMS_PER_SUBSCRIPTION)
             .config()
             .application_description();
         CertificateStore::create_certificate_and_key(
@@ -119,7 +119,10 @@ enum Offer {
     NoneOnly,
 }
 
-fn builder(port: u16, pki: &Path, offer: Offer) -> ServerBuilder {
+/// The server's limit of monitored items per subscription, unless a test sets its own.
+const ITEMS_PER_SUBSCRIPTION: usize = 20_000;
+
+fn builder(port: u16, pki: &Path, offer: Offer, items_per_subscription: usize) -> ServerBuilder {
     let users: &[&str] = &[ANONYMOUS_USER_TOKEN_ID, "op", "x509"];
     let mut b = ServerBuilder::new()
         .application_name("test plant")
@@ -162,7 +165,7 @@ fn builder(port: u16, pki: &Path, offer: Offer) -> ServerBuilder {
         }
     }
     let limits = b.limits_mut();
-    limits.subscriptions.max_monitored_items_per_sub = 20_000;
+    limits.subscriptions.max_monitored_items_per_sub = items_per_subscription;
     limits.subscriptions.max_queued_notifications = 1000;
     b
 }
@@ -179,6 +182,7 @@ struct Plant {
     pki: PathBuf,
     offer: Offer,
     bench: usize,
+    items_per_subscription: usize,
     live: Live,
     ns: u16,
     /// Ticks start here (OPC-UA ticks).
@@ -223,6 +227,10 @@ impl Plant {
     }
 
     async fn start_with(offer: Offer, bench: usize) -> Self {
+        Self::start_limited(offer, bench, ITEMS_PER_SUBSCRIPTION).await
+    }
+
+    async fn start_limited(offer: Offer, bench: usize, items_per_subscription: usize) -> Self {
         let pki = tempfile::tempdir().unwrap().keep();
         for sub in ["own", "private"] {
             std::fs::create_dir_all(pki.join(sub)).unwrap();
@@ -238,6 +246,7 @@ impl Plant {
             pki,
             offer,
             bench,
+            items_per_subscription,
             live: Arc::new(Mutex::new(None)),
             ns: 0,
             base: DateTime::now().checked_ticks() / TICK * TICK,
@@ -257,7 +266,14 @@ impl Plant {
 
     /// Builds and starts a server on `self.port` and fills its address space.
     async fn up(&mut self) {
-        let (server, handle) = builder(self.port, &self.pki, self.offer).build().unwrap();
+        let (server, handle) = builder(
+            self.port,
+            &self.pki,
+            self.offer,
+            self.items_per_subscription,
+        )
+        .build()
+        .unwrap();
         let listener = bind_retrying(self.port).await;
         tokio::spawn(server.run_with(listener));
         let nm = handle
@@ -1354,6 +1370,40 @@ async fn browse_discovery_finds_exactly_the_expected_variables() {
     rig.stop().await;
 }
 
+/// The server takes 20 items per subscription (it answers BadTooManyMonitoredItems beyond):
+/// 50 items at one interval fill three subscriptions, and every item reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_are_filled_to_the_servers_limit_and_every_item_is_monitored() {
+    let plant = Plant::start_limited(Offer::All, 50, 20).await;
+    let mut rig = Rig::start().await;
+    let config = source_none(
+        &plant,
+        "browse = [ { root = \"/Plant/Bench\", max_depth = 1 } ]",
+    );
+    rig.worker("filled", &config).await;
+    let rows = rig
+        .wait_rows("filled", "50 nodes", Duration::from_secs(60), |rows| {
+            rows.iter()
+                .map(|r| r["node_id"].to_string())
+                .collect::<BTreeSet<_>>()
+                .len()
+                >= 50
+        })
+        .await;
+    let nodes: BTreeSet<String> = rows.iter().map(|r| r["node_id"].to_string()).collect();
+    assert_eq!(nodes.len(), 50, "{nodes:?}");
+    let connected = &rig.events("filled", "connected")[0];
+    assert_eq!(int(connected, "count"), 50, "{connected}");
+    assert!(
+        connected["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with(", 3 subscription(s)"),
+        "{connected}"
+    );
+    rig.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadband_changes_within_the_band_are_not_reported_changes_beyond_are() {
     let plant = Plant::start(Offer::All).await;
@@ -1553,5 +1603,9 @@ async fn bench_ten_thousand_monitored_items() {
         rss_kib(pid, "RssAnon:"),
         rss_kib(pid, "RssFile:")
     );
+    // The target is for release builds; a debug build's code alone is 19 MB.
+    if !cfg!(debug_assertions) {
+        assert!(rss_kb <= target_kb, "RSS {rss_kb} KiB");
+    }
     rig.stop().await;
 }

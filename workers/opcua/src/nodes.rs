@@ -240,8 +240,8 @@ pub struct Wanted {
     pub text: String,
     /// Parsed.
     pub node: NodeRef,
-    /// How.
-    pub monitoring: Monitoring,
+    /// How (shared by every node it resolves to).
+    pub monitoring: Arc<Monitoring>,
 }
 
 /// A discovery rule, parsed.
@@ -257,8 +257,8 @@ pub struct Rule {
     pub include: Vec<String>,
     /// Variables taken at most.
     pub max_nodes: usize,
-    /// How the variables found are monitored.
-    pub monitoring: Monitoring,
+    /// How the variables found are monitored (shared by all of them).
+    pub monitoring: Arc<Monitoring>,
 }
 
 /// Everything the source asks to monitor.
@@ -280,7 +280,7 @@ impl Plan {
                 Ok(parsed) => nodes.push(Wanted {
                     text: node.node_id.clone(),
                     node: parsed,
-                    monitoring: node_monitoring(source, node),
+                    monitoring: Arc::new(node_monitoring(source, node)),
                 }),
                 Err(e) => problems.push(format!("nodes[{i}].node_id: {e}")),
             }
@@ -294,7 +294,7 @@ impl Plan {
                     max_depth: rule.max_depth,
                     include: rule.include.clone(),
                     max_nodes: usize::try_from(rule.max_nodes).unwrap_or(usize::MAX),
-                    monitoring: rule_monitoring(source, rule),
+                    monitoring: Arc::new(rule_monitoring(source, rule)),
                 }),
                 Err(e) => problems.push(format!("browse[{i}].root: {e}")),
             }
@@ -343,24 +343,41 @@ fn rule_monitoring(source: &OpcuaSource, rule: &OpcuaBrowse) -> Monitoring {
     }
 }
 
-/// A node resolved on the server, with the columns every record of it carries.
+/// A node resolved on the server, with the columns every record of it carries. Kept for every
+/// monitored item for the session's life, so it is small: text is boxed (no spare capacity),
+/// the namespace URI and the monitoring settings are shared.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Monitored {
     /// The server's node id.
     pub node_id: NodeId,
-    /// `node_id` as text (`ns=2;s=…`).
-    pub node_id_text: String,
-    /// The URI of the node's namespace (shared: thousands of nodes have the same one).
+    /// The URI of the node's namespace.
     pub namespace_uri: Arc<str>,
     /// `/Plant/Line1/Speed`, or empty when the server does not lead there from Objects.
-    pub browse_path: String,
+    pub browse_path: Box<str>,
     /// The node's display name.
-    pub display_name: String,
+    pub display_name: Box<str>,
     /// How.
-    pub monitoring: Monitoring,
+    pub monitoring: Arc<Monitoring>,
 }
 
 impl Monitored {
+    /// A resolved node.
+    pub fn new(
+        node_id: NodeId,
+        namespace_uri: Arc<str>,
+        browse_path: String,
+        display_name: String,
+        monitoring: &Arc<Monitoring>,
+    ) -> Self {
+        Self {
+            node_id,
+            namespace_uri,
+            browse_path: browse_path.into_boxed_str(),
+            display_name: display_name.into_boxed_str(),
+            monitoring: Arc::clone(monitoring),
+        }
+    }
+
     /// The CreateMonitoredItems entry, reporting under `client_handle`.
     pub fn create_request(&self, client_handle: u32) -> MonitoredItemCreateRequest {
         let filter = match self.monitoring.deadband {
@@ -733,14 +750,14 @@ pub async fn resolve(
             NodeRef::Path(segments) => match follow_path(session, segments).await {
                 Ok((id, display_name, browse_path)) => {
                     if seen.insert(id.clone()) {
-                        out.push(Monitored {
-                            node_id_text: id.to_string(),
-                            namespace_uri: uri_of(&id),
-                            node_id: id,
+                        let uri = uri_of(&id);
+                        out.push(Monitored::new(
+                            id,
+                            uri,
                             browse_path,
                             display_name,
-                            monitoring: wanted.monitoring.clone(),
-                        });
+                            &wanted.monitoring,
+                        ));
                     }
                 }
                 Err(e) => problems.push(format!("{}: {e}", wanted.text)),
@@ -759,14 +776,14 @@ pub async fn resolve(
             continue;
         }
         if seen.insert(id.clone()) {
-            out.push(Monitored {
-                node_id_text: id.to_string(),
-                namespace_uri: uri_of(&id),
-                node_id: id,
-                browse_path: path,
+            let uri = uri_of(&id);
+            out.push(Monitored::new(
+                id,
+                uri,
+                path,
                 display_name,
-                monitoring: wanted.monitoring.clone(),
-            });
+                &wanted.monitoring,
+            ));
         }
     }
 
@@ -799,14 +816,14 @@ pub async fn resolve(
         for f in found {
             if seen.insert(f.node_id.clone()) {
                 new += 1;
-                out.push(Monitored {
-                    node_id_text: f.node_id.to_string(),
-                    namespace_uri: uri_of(&f.node_id),
-                    node_id: f.node_id,
-                    browse_path: f.browse_path,
-                    display_name: f.display_name,
-                    monitoring: rule.monitoring.clone(),
-                });
+                let uri = uri_of(&f.node_id);
+                out.push(Monitored::new(
+                    f.node_id,
+                    uri,
+                    f.browse_path,
+                    f.display_name,
+                    &rule.monitoring,
+                ));
             }
         }
         info!(
@@ -831,6 +848,8 @@ pub async fn resolve(
     for problem in &problems {
         error!(source, problem = %problem, "A configured node is not monitored.");
     }
+    // Kept for the session's life: no room for nodes that will never come.
+    out.shrink_to_fit();
     Ok((out, problems))
 }
 
@@ -979,7 +998,7 @@ mod tests {
         );
         let plan = Plan::new(&s).unwrap();
         assert_eq!(
-            plan.nodes[0].monitoring,
+            *plan.nodes[0].monitoring,
             Monitoring {
                 sampling_ms: 100,
                 publishing_ms: 500,
@@ -988,7 +1007,7 @@ mod tests {
             }
         );
         assert_eq!(
-            plan.nodes[1].monitoring,
+            *plan.nodes[1].monitoring,
             Monitoring {
                 sampling_ms: 2000,
                 publishing_ms: 2000,
@@ -1014,19 +1033,18 @@ mod tests {
     }
 
     fn monitored(id: u32, publishing_ms: u64) -> Monitored {
-        Monitored {
-            node_id: NodeId::new(2, id),
-            node_id_text: format!("ns=2;i={id}"),
-            namespace_uri: "urn:x".into(),
-            browse_path: String::new(),
-            display_name: String::new(),
-            monitoring: Monitoring {
+        Monitored::new(
+            NodeId::new(2, id),
+            "urn:x".into(),
+            String::new(),
+            String::new(),
+            &Arc::new(Monitoring {
                 sampling_ms: 100,
                 publishing_ms,
                 queue_size: 10,
                 deadband: None,
-            },
-        }
+            }),
+        )
     }
 
     #[test]
@@ -1056,7 +1074,7 @@ mod tests {
         assert!(request.requested_parameters.filter.is_null());
         assert_eq!(request.monitoring_mode, MonitoringMode::Reporting);
 
-        node.monitoring.deadband = Some(Deadband::Percent(2.5));
+        Arc::make_mut(&mut node.monitoring).deadband = Some(Deadband::Percent(2.5));
         let request = node.create_request(4);
         let filter = request
             .requested_parameters

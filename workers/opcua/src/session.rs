@@ -75,9 +75,6 @@ const MAX_ARRAY_LENGTH: usize = 1 << 20;
 const MAX_NOTIFICATIONS_PER_PUBLISH: u32 = 1000;
 /// How long a failed subscription setup on a live session waits before it is tried again.
 const SETUP_RETRY: Duration = Duration::from_secs(10);
-/// Monitored items per subscription at most (a common server limit; more make more
-/// subscriptions with the same interval).
-const MAX_ITEMS_PER_SUBSCRIPTION: usize = 1000;
 /// The shortest silence the watchdog acts on.
 const WATCHDOG_FLOOR: Duration = Duration::from_secs(5);
 /// Set (by a test, never by the supervisor, whose allow-list does not pass it) to leave out the
@@ -441,10 +438,10 @@ async fn forward(
                 .and_then(|i| nodes.get(i))
                 .map(|n| OpcuaDetail {
                     endpoint: endpoint.clone(),
-                    node_id: n.node_id_text.clone(),
+                    node_id: n.node_id.to_string(),
                     namespace_uri: n.namespace_uri.to_string(),
-                    browse_path: n.browse_path.clone(),
-                    display_name: n.display_name.clone(),
+                    browse_path: n.browse_path.to_string(),
+                    display_name: n.display_name.to_string(),
                     ..Default::default()
                 })
         };
@@ -952,19 +949,32 @@ impl Worker {
             .nodes
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = monitored;
+        // As many items per subscription as the server takes: fewer subscriptions (servers also
+        // cap those per session) and less memory than a fixed split. The first full one tells
+        // the capacity the others are filled to.
+        let mut capacity = None;
         for (publishing_ms, handles) in groups {
-            for handles in handles.chunks(MAX_ITEMS_PER_SUBSCRIPTION) {
-                let group = Group {
+            let mut rest = handles.as_slice();
+            while !rest.is_empty() {
+                let mut group = Group {
                     publishing_ms,
-                    handles: handles.to_vec(),
+                    handles: rest.to_vec(),
                     heard: Arc::new(Heard::new()),
                     timing: Timing::new(publishing_ms, self.source.watchdog_intervals),
                 };
-                self.create_subscription(session, &group).await?;
+                let placed = self.create_subscription(session, &group, capacity).await?;
+                if placed < rest.len() {
+                    capacity.get_or_insert(placed);
+                }
+                group.handles.truncate(placed);
+                group.handles.shrink_to_fit();
+                rest = rest.get(placed..).unwrap_or_default();
                 self.groups.push(group);
             }
         }
         self.subscribed = true;
+        // Browsing and subscribing thousands of nodes leaves megabytes of freed transient data.
+        iot_connector_ipc::os::release_free_memory();
         info!(source = %self.source.name, nodes = count, subscriptions = self.groups.len(), "Monitoring.");
         if count == 0 {
             warn!(source = %self.source.name, "No node to monitor: check nodes and browse.");
@@ -979,7 +989,17 @@ impl Worker {
         Ok(())
     }
 
-    async fn create_subscription(&self, session: &Session, group: &Group) -> Result<(), String> {
+    /// Creates a subscription for `group` and fills it with the group's items, in order, until
+    /// all are in, `capacity` is reached, or the server answers BadTooManyMonitoredItems. After
+    /// such an answer one item is tried: refused, the subscription is full (the usual case: a
+    /// round limit met by full calls); taken, calls of half the size go on. Returns how many
+    /// items it took; items the server refuses one by one count as taken and are reported.
+    async fn create_subscription(
+        &self,
+        session: &Session,
+        group: &Group,
+        capacity: Option<usize>,
+    ) -> Result<usize, String> {
         group.heard.now();
         let callback = Notifications {
             tx: self.notices.clone(),
@@ -1018,20 +1038,52 @@ impl Worker {
                 })
                 .collect()
         };
+        let wanted = capacity.map_or(requests.len(), |c| c.min(requests.len()));
+        let (mut placed, mut per_call, mut after_probe) = (0, CHUNK, None);
         let mut refused = Vec::new();
-        for chunk in requests.chunks(CHUNK) {
-            let created = session
-                .create_monitored_items(id, TimestampsToReturn::Both, chunk.to_vec())
+        while placed < wanted {
+            let end = wanted.min(placed + per_call);
+            let chunk = requests.get(placed..end).unwrap_or_default().to_vec();
+            match session
+                .create_monitored_items(id, TimestampsToReturn::Both, chunk)
                 .await
-                .map_err(|e| format!("CreateMonitoredItems failed: {e}"))?;
-            for item in created {
-                if !item.result.status_code.is_good() {
-                    refused.push(format!(
-                        "{} ({})",
-                        item.item_to_monitor.node_id, item.result.status_code
-                    ));
+            {
+                Ok(created) => {
+                    // Some servers refuse item by item once the subscription is full.
+                    let full = created.iter().position(|item| {
+                        item.result.status_code == StatusCode::BadTooManyMonitoredItems
+                    });
+                    for item in created.iter().take(full.unwrap_or(usize::MAX)) {
+                        if !item.result.status_code.is_good() {
+                            refused.push(format!(
+                                "{} ({})",
+                                item.item_to_monitor.node_id, item.result.status_code
+                            ));
+                        }
+                    }
+                    if let Some(taken) = full {
+                        placed += taken;
+                        break;
+                    }
+                    placed = end;
+                    if let Some(size) = after_probe.take() {
+                        per_call = size;
+                    }
                 }
+                Err(e) if e.status() == StatusCode::BadTooManyMonitoredItems && per_call > 1 => {
+                    after_probe = Some(per_call / 2);
+                    per_call = 1;
+                }
+                Err(e) if e.status() == StatusCode::BadTooManyMonitoredItems => break,
+                Err(e) => return Err(format!("CreateMonitoredItems failed: {e}")),
             }
+        }
+        if placed == 0 && wanted > 0 {
+            let _ = session.delete_subscription(id).await;
+            return Err(
+                "the server takes no monitored item in a new subscription (BadTooManyMonitoredItems)"
+                    .to_owned(),
+            );
         }
         if !refused.is_empty() {
             error!(
@@ -1051,7 +1103,7 @@ impl Worker {
                     .join(", ")
             ));
         }
-        Ok(())
+        Ok(placed)
     }
 
     /// Reads every monitored value once (after a reconnect: what changed while we were away).
@@ -1148,8 +1200,15 @@ impl Worker {
             if let Some(old) = old {
                 let _ = session.delete_subscription(old).await;
             }
-            match self.create_subscription(session, group).await {
-                Ok(()) => {
+            match self.create_subscription(session, group, None).await {
+                Ok(placed) => {
+                    if placed < group.handles.len() {
+                        error!(
+                            source = %self.source.name,
+                            not_monitored = group.handles.len() - placed,
+                            "The server took fewer items into the recreated subscription than before."
+                        );
+                    }
                     self.status(
                         StatusEvent::Gap,
                         format!(
