@@ -15,8 +15,7 @@
 use std::{path::Path, time::Duration};
 
 use iot_connector_proto::Table;
-use iot_connector_sim_zerobus::EmulatorOptions;
-use iot_connector_tests::{Uplink, start_worker, uplink_settings, wait_until, zerobus_settings};
+use iot_connector_tests::{start_emulator, start_uplink_to, start_worker, wait_until};
 
 struct Outcome {
     records_per_second: f64,
@@ -52,12 +51,8 @@ fn latencies(dir: &Path, workers: usize) -> (f64, f64) {
 
 async fn run(workers: usize, per_worker: u64, rate: Option<u64>) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
-    let zerobus = iot_connector_sim_zerobus::start(EmulatorOptions::default())
-        .await
-        .unwrap();
-    let mut settings = uplink_settings(dir.path());
-    settings.zerobus = Some(zerobus_settings(&zerobus));
-    let mut uplink = Uplink::start(settings).await.unwrap();
+    let zerobus = start_emulator().await.unwrap();
+    let mut uplink = start_uplink_to(&zerobus, dir.path()).await.unwrap();
     let started = std::time::Instant::now();
     let mut running = Vec::new();
     for w in 0..workers {

@@ -279,6 +279,29 @@ pub fn zerobus_settings(emulator: &iot_connector_sim_zerobus::Emulator) -> Zerob
     }
 }
 
+/// A local Zerobus emulator with default options.
+pub async fn start_emulator()
+-> Result<iot_connector_sim_zerobus::Emulator, iot_connector_sim_zerobus::SimError> {
+    iot_connector_sim_zerobus::start(iot_connector_sim_zerobus::EmulatorOptions::default()).await
+}
+
+/// An uplink with its spool under `dir` that forwards to `emulator`.
+pub async fn start_uplink_to(
+    emulator: &iot_connector_sim_zerobus::Emulator,
+    dir: &Path,
+) -> Result<Uplink, IpcError> {
+    let mut settings = uplink_settings(dir);
+    settings.zerobus = Some(zerobus_settings(emulator));
+    Uplink::start(settings).await
+}
+
+/// The rows written for `source`.
+pub fn of_source(rows: Vec<serde_json::Value>, source: &str) -> Vec<serde_json::Value> {
+    rows.into_iter()
+        .filter(|r| r["source_name"] == source)
+        .collect()
+}
+
 /// Waits until the emulator holds a row of `table` for every one of `expected` record ids (and
 /// possibly duplicates); returns the ids it holds. Cheap counts first, the full set check at most
 /// every half second: a set of 200,000 ids is not rebuilt every few milliseconds.

@@ -5,20 +5,13 @@
 use std::{collections::HashSet, path::Path, time::Duration};
 
 use iot_connector_proto::Table;
-use iot_connector_sim_zerobus::{Emulator, EmulatorOptions};
 use iot_connector_tests::{
-    TABLES, Uplink, read_acked, start_worker, uplink_settings, wait_for_ids, wait_until,
-    zerobus_settings,
+    TABLES, Uplink, read_acked, start_emulator, start_uplink_to, start_worker, uplink_settings,
+    wait_for_ids, wait_until, zerobus_settings,
 };
 
 const WORKER: &str = "iot-connector-testworker";
 const MQTT: &str = TABLES[1];
-
-async fn emulator() -> Emulator {
-    iot_connector_sim_zerobus::start(EmulatorOptions::default())
-        .await
-        .unwrap()
-}
 
 fn worker_config(count: u64, acked: &Path) -> String {
     format!(
@@ -42,11 +35,9 @@ fn spool_file_len(dir: &Path) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_run_delivers_every_record_and_drains_the_spool() {
     let dir = tempfile::tempdir().unwrap();
-    let zerobus = emulator().await;
+    let zerobus = start_emulator().await.unwrap();
     let acked = dir.path().join("acked");
-    let mut settings = uplink_settings(dir.path());
-    settings.zerobus = Some(zerobus_settings(&zerobus));
-    let mut uplink = Uplink::start(settings).await.unwrap();
+    let mut uplink = start_uplink_to(&zerobus, dir.path()).await.unwrap();
     let worker_settings = uplink
         .grant("line1", Table::Mqtt, &worker_config(100_000, &acked))
         .await
@@ -93,12 +84,10 @@ async fn a_clean_run_delivers_every_record_and_drains_the_spool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_of_zerobus_fills_the_spool_and_drains_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let zerobus = emulator().await;
+    let zerobus = start_emulator().await.unwrap();
     zerobus.faults().update(|f| f.down = true);
     let acked = dir.path().join("acked");
-    let mut settings = uplink_settings(dir.path());
-    settings.zerobus = Some(zerobus_settings(&zerobus));
-    let mut uplink = Uplink::start(settings).await.unwrap();
+    let mut uplink = start_uplink_to(&zerobus, dir.path()).await.unwrap();
     let worker_settings = uplink
         .grant("line1", Table::Mqtt, &worker_config(20_000, &acked))
         .await
@@ -132,7 +121,7 @@ async fn an_outage_of_zerobus_fills_the_spool_and_drains_when_it_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_credentials_keep_data_in_the_spool_and_retry_slowly() {
     let dir = tempfile::tempdir().unwrap();
-    let zerobus = emulator().await;
+    let zerobus = start_emulator().await.unwrap();
     zerobus.faults().update(|f| f.oauth_status = Some(401));
     let acked = dir.path().join("acked");
     let log = dir.path().join("uplink.log");
@@ -183,15 +172,13 @@ async fn refused_credentials_keep_data_in_the_spool_and_retry_slowly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_record_is_dead_lettered_and_every_other_record_lands() {
     let dir = tempfile::tempdir().unwrap();
-    let zerobus = emulator().await;
+    let zerobus = start_emulator().await.unwrap();
     let poison = "test-connector/line1/1234".to_owned();
     zerobus
         .faults()
         .update(|f| f.poison_record_id = Some(poison.clone()));
     let acked = dir.path().join("acked");
-    let mut settings = uplink_settings(dir.path());
-    settings.zerobus = Some(zerobus_settings(&zerobus));
-    let mut uplink = Uplink::start(settings).await.unwrap();
+    let mut uplink = start_uplink_to(&zerobus, dir.path()).await.unwrap();
     let worker_settings = uplink
         .grant("line1", Table::Mqtt, &worker_config(5_000, &acked))
         .await
@@ -237,11 +224,9 @@ async fn killing_the_uplink_at_random_moments_loses_no_acknowledged_record() {
     const COUNT: u64 = 200_000;
     const KILLS: u64 = 20;
     let dir = tempfile::tempdir().unwrap();
-    let zerobus = emulator().await;
+    let zerobus = start_emulator().await.unwrap();
     let acked = dir.path().join("acked");
-    let mut settings = uplink_settings(dir.path());
-    settings.zerobus = Some(zerobus_settings(&zerobus));
-    let mut uplink = Uplink::start(settings).await.unwrap();
+    let mut uplink = start_uplink_to(&zerobus, dir.path()).await.unwrap();
     let worker_settings = uplink
         .grant("line1", Table::Mqtt, &worker_config(COUNT, &acked))
         .await
@@ -406,7 +391,7 @@ async fn a_full_spool_under_block_stops_acknowledging_and_drops_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_stream_rotation_is_normal_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let zerobus = emulator().await;
+    let zerobus = start_emulator().await.unwrap();
     zerobus.faults().update(|f| {
         f.rotate_stream = Some(iot_connector_sim_zerobus::RotateStream {
             after_requests: 5,
@@ -491,7 +476,7 @@ async fn connect_proxy() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_proxy_carries_both_the_token_request_and_the_stream() {
     let dir = tempfile::tempdir().unwrap();
-    let zerobus = emulator().await;
+    let zerobus = start_emulator().await.unwrap();
     let (proxy, tunnels) = connect_proxy().await;
     let acked = dir.path().join("acked");
     let mut settings = uplink_settings(dir.path());

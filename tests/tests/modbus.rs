@@ -19,9 +19,10 @@ use std::{
 use iot_connector_config::{ByteOrder, DataType, ModbusRegister, ModbusSource, RegisterKind};
 use iot_connector_proto::Table;
 use iot_connector_runtime::now_us;
-use iot_connector_sim_zerobus::{Emulator, EmulatorOptions};
+use iot_connector_sim_zerobus::Emulator;
 use iot_connector_tests::{
-    Process, TABLES, Uplink, start_worker, uplink_settings, wait_until, zerobus_settings,
+    Process, TABLES, Uplink, of_source, start_emulator, start_uplink_to, start_worker,
+    uplink_settings, wait_until,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::Value as Json;
@@ -356,12 +357,8 @@ struct Rig {
 impl Rig {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let zerobus = iot_connector_sim_zerobus::start(EmulatorOptions::default())
-            .await
-            .unwrap();
-        let mut settings = uplink_settings(dir.path());
-        settings.zerobus = Some(zerobus_settings(&zerobus));
-        let uplink = Uplink::start(settings).await.unwrap();
+        let zerobus = start_emulator().await.unwrap();
+        let uplink = start_uplink_to(&zerobus, dir.path()).await.unwrap();
         Self {
             dir,
             zerobus,
@@ -446,12 +443,6 @@ impl Rig {
         self.uplink.process.kill().await;
         drop(self.dir);
     }
-}
-
-fn of_source(rows: Vec<Json>, source: &str) -> Vec<Json> {
-    rows.into_iter()
-        .filter(|r| r["source_name"] == source)
-        .collect()
 }
 
 fn by_tag(rows: Vec<Json>) -> BTreeMap<String, Vec<Json>> {

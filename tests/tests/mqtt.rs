@@ -14,9 +14,9 @@ use std::{
 };
 
 use iot_connector_proto::Table;
-use iot_connector_sim_zerobus::{Emulator, EmulatorOptions};
+use iot_connector_sim_zerobus::Emulator;
 use iot_connector_tests::{
-    Process, TABLES, Uplink, start_worker, uplink_settings, wait_until, zerobus_settings,
+    Process, TABLES, Uplink, of_source, start_emulator, start_uplink_to, start_worker, wait_until,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use serde_json::Value;
@@ -244,12 +244,8 @@ struct Connector {
 
 impl Connector {
     async fn start(dir: &Path) -> Self {
-        let zerobus = iot_connector_sim_zerobus::start(EmulatorOptions::default())
-            .await
-            .unwrap();
-        let mut settings = uplink_settings(dir);
-        settings.zerobus = Some(zerobus_settings(&zerobus));
-        let uplink = Uplink::start(settings).await.unwrap();
+        let zerobus = start_emulator().await.unwrap();
+        let uplink = start_uplink_to(&zerobus, dir).await.unwrap();
         Self { zerobus, uplink }
     }
 
@@ -275,12 +271,7 @@ impl Connector {
     }
 
     fn status(&self) -> Vec<Value> {
-        self.zerobus
-            .state()
-            .rows(STATUS)
-            .into_iter()
-            .filter(|r| text(r, "source_name") == SOURCE)
-            .collect()
+        of_source(self.zerobus.state().rows(STATUS), SOURCE)
     }
 
     /// Waits for a status row of `event` whose detail contains `needle`.

@@ -22,11 +22,11 @@ use std::{
 };
 
 use iot_connector_proto::Table;
-use iot_connector_sim_zerobus::{Emulator, EmulatorOptions};
+use iot_connector_sim_zerobus::Emulator;
 use iot_connector_tests::{
     Process, TABLES, Uplink, bin,
     connector::{Connector, free_port},
-    start_worker_with_env, uplink_settings, wait_until, zerobus_settings,
+    of_source, start_emulator, start_uplink_to, start_worker_with_env, wait_until,
 };
 use opcua::{
     core::config::Config as _,
@@ -587,12 +587,8 @@ struct Rig {
 impl Rig {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let zerobus = iot_connector_sim_zerobus::start(EmulatorOptions::default())
-            .await
-            .unwrap();
-        let mut settings = uplink_settings(dir.path());
-        settings.zerobus = Some(zerobus_settings(&zerobus));
-        let uplink = Uplink::start(settings).await.unwrap();
+        let zerobus = start_emulator().await.unwrap();
+        let uplink = start_uplink_to(&zerobus, dir.path()).await.unwrap();
         Self {
             dir,
             zerobus,
@@ -666,12 +662,6 @@ impl Rig {
         }
         self.uplink.process.kill().await;
     }
-}
-
-fn of_source(rows: Vec<Json>, source: &str) -> Vec<Json> {
-    rows.into_iter()
-        .filter(|r| r["source_name"] == source)
-        .collect()
 }
 
 fn with_node<'a>(rows: &'a [Json], node_suffix: &str) -> Vec<&'a Json> {
