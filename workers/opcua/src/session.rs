@@ -1086,21 +1086,16 @@ impl Worker {
             );
         }
         if !refused.is_empty() {
+            let first = refused.get(..10).unwrap_or(&refused).join(", ");
             error!(
                 source = %self.source.name,
                 refused = refused.len(),
-                nodes = %refused.iter().take(10).cloned().collect::<Vec<_>>().join(", "),
+                nodes = %first,
                 "The server refused some monitored items; they are not monitored."
             );
             health().error(format!(
-                "the server refused {} monitored item(s): {}",
-                refused.len(),
-                refused
-                    .iter()
-                    .take(10)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "the server refused {} monitored item(s): {first}",
+                refused.len()
             ));
         }
         Ok(placed)
