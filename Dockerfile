@@ -8,10 +8,11 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release --locked \
         -p iot-connector-supervisor -p iot-connector-uplink \
-        -p iot-connector-modbus -p iot-connector-mqtt \
+        -p iot-connector-modbus -p iot-connector-mqtt -p iot-connector-opcua \
     && mkdir /out \
     && cp target/release/iot-connector target/release/iot-connector-uplink \
-          target/release/iot-connector-modbus target/release/iot-connector-mqtt /out/
+          target/release/iot-connector-modbus target/release/iot-connector-mqtt \
+          target/release/iot-connector-opcua /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update \

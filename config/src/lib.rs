@@ -13,7 +13,6 @@
 //! them absolute.
 #![forbid(unsafe_code)]
 
-mod base64;
 mod expand;
 mod load;
 mod problems;
@@ -32,6 +31,7 @@ pub use iot_connector_proto::{UplinkSettings, WorkerSettings};
 pub use problems::{ConfigErrors, Problem};
 pub use schema::*;
 pub use secret::Secret;
+pub use slices::{FromSource, SliceError};
 
 /// A validated config: what `iot-connector run` works from. `Debug` shows no secret.
 #[derive(Clone, PartialEq)]
@@ -47,8 +47,8 @@ pub struct Loaded {
     pub runtime_dir: PathBuf,
     /// `[zerobus] ca_file`'s PEM text, read at load time.
     ca_pem: Option<String>,
-    /// Each source's worker slice (its table as TOML), by name.
-    slices: BTreeMap<String, String>,
+    /// Each source's worker slice ([`Source::to_slice`]), by name.
+    slices: BTreeMap<String, Vec<u8>>,
     /// `[http] listen`, parsed.
     listen: SocketAddr,
 }
@@ -158,10 +158,6 @@ impl Loaded {
 impl Source {
     /// The table the source's data records go to.
     pub fn table(&self) -> iot_connector_proto::Table {
-        match self {
-            Self::Opcua(_) => iot_connector_proto::Table::Opcua,
-            Self::Mqtt(_) => iot_connector_proto::Table::Mqtt,
-            Self::Modbus(_) => iot_connector_proto::Table::Modbus,
-        }
+        self.protocol().table()
     }
 }

@@ -26,7 +26,7 @@ use crate::problems::{
 };
 use crate::secrets::{self, KEY_LEN};
 use crate::tree::{self, Hit, Seg, Value};
-use crate::{Config, Connector, Http, Loaded, Source, SpoolConfig, Zerobus, validate};
+use crate::{Config, Connector, Http, Loaded, Protocol, Source, SpoolConfig, Zerobus, validate};
 
 /// Larger than any sensible config; a guard against pointing `--config` at the wrong file.
 const MAX_CONFIG_BYTES: u64 = 16 << 20;
@@ -35,9 +35,12 @@ const MAX_SECRET_BYTES: u64 = 64 << 10;
 /// Rounds of cutting out a bad key and deserializing a part again.
 const MAX_ROUNDS: usize = 64;
 
-/// The top-level sections, in the order of CONTRACT.md.
+/// The top-level sections, in the order the README and the examples list them.
 pub(crate) const SECTIONS: [&str; 5] = ["connector", "http", "zerobus", "spool", "sources"];
-pub(crate) const PROTOCOLS: [&str; 3] = ["opcua", "mqtt", "modbus"];
+/// The values `protocol` takes.
+pub(crate) fn protocol_keys() -> [&'static str; Protocol::ALL.len()] {
+    Protocol::ALL.map(Protocol::key)
+}
 
 /// What the checks need to know about the world outside the file.
 pub(crate) struct Ctx<'e> {
@@ -513,24 +516,22 @@ fn source(entry: &Value<'_>, i: usize, ctx: &Ctx<'_>, p: &mut Problems) -> Optio
                 entry.span().start,
                 format!(
                     "{place}: missing required key `protocol`: add protocol = {}",
-                    one_of_values(&PROTOCOLS)
+                    one_of_values(&protocol_keys())
                 ),
             );
             return None;
         }
         Some(value) => match value.get_ref() {
-            DeValue::String(protocol) if PROTOCOLS.contains(&protocol.as_ref()) => {
-                protocol.to_string()
-            }
+            DeValue::String(key) if let Some(protocol) = Protocol::from_key(key) => protocol,
             DeValue::String(protocol) => {
-                let hint = closest(protocol, &PROTOCOLS)
+                let hint = closest(protocol, &protocol_keys())
                     .map(|near| format!("did you mean \"{near}\"? "))
                     .unwrap_or_default();
                 p.at_value(
                     &value.span(),
                     format!(
                         "{place} protocol: \"{protocol}\" is not a protocol: {hint}use {}",
-                        one_of_values(&PROTOCOLS)
+                        one_of_values(&protocol_keys())
                     ),
                 );
                 return None;
@@ -540,7 +541,7 @@ fn source(entry: &Value<'_>, i: usize, ctx: &Ctx<'_>, p: &mut Problems) -> Optio
                     value.span().start,
                     format!(
                         "{place} protocol: write it as a string: {}",
-                        one_of_values(&PROTOCOLS)
+                        one_of_values(&protocol_keys())
                     ),
                 );
                 return None;
@@ -551,10 +552,10 @@ fn source(entry: &Value<'_>, i: usize, ctx: &Ctx<'_>, p: &mut Problems) -> Optio
     // would lose; so the tag is taken off here and the struct deserialized directly.
     let mut inner = entry.clone();
     tree::remove(&mut inner, &tree::path("protocol"));
-    match protocol.as_str() {
-        "opcua" => part(&inner, &at, ctx, p).map(Source::Opcua),
-        "mqtt" => part(&inner, &at, ctx, p).map(Source::Mqtt),
-        _ => part(&inner, &at, ctx, p).map(Source::Modbus),
+    match protocol {
+        Protocol::Opcua => part(&inner, &at, ctx, p).map(Source::Opcua),
+        Protocol::Mqtt => part(&inner, &at, ctx, p).map(Source::Mqtt),
+        Protocol::Modbus => part(&inner, &at, ctx, p).map(Source::Modbus),
     }
 }
 
@@ -732,41 +733,33 @@ fn absolute_paths(config: &mut Config, ctx: &Ctx<'_>) {
     }
 }
 
-/// Each source's slice, checked to read back as the same source in its worker.
+/// Each source's slice, checked to read back as the same source in its worker (a NaN, which
+/// equals nothing, does not).
 fn worker_slices(
     root: &Value<'_>,
     config: &Config,
     ctx: &Ctx<'_>,
     p: &mut Problems,
-) -> BTreeMap<String, String> {
+) -> BTreeMap<String, Vec<u8>> {
     let mut slices = BTreeMap::new();
     for (i, source) in config.sources.iter().enumerate() {
         let at = tree::path(&format!("sources.{i}"));
-        let round_trip = crate::slices::source_toml(source)
-            .map_err(|e| e.to_string())
-            .and_then(|text| {
-                let back = match source {
-                    Source::Opcua(_) => toml::from_str(&text).map(Source::Opcua),
-                    Source::Mqtt(_) => toml::from_str(&text).map(Source::Mqtt),
-                    Source::Modbus(_) => toml::from_str(&text).map(Source::Modbus),
-                };
-                match back {
-                    Ok(back) if back == *source => Ok(text),
-                    Ok(_) => Err("it reads back differently".into()),
-                    Err(e) => Err(e.message().to_owned()),
-                }
-            });
-        match round_trip {
-            Ok(text) => {
-                slices.insert(source.name().to_owned(), text);
+        let slice = source.to_slice();
+        match Source::from_slice(&slice) {
+            Ok(back) if back == *source => {
+                slices.insert(source.name().to_owned(), slice);
             }
-            Err(e) => p.at(
-                tree::span_or_ancestor(root, &at).start,
-                format!(
-                    "{}: cannot be passed to its worker ({e}); check its numbers are finite",
-                    ctx.place(&at)
-                ),
-            ),
+            outcome => {
+                let e =
+                    outcome.map_or_else(|e| e.to_string(), |_| "it reads back differently".into());
+                p.at(
+                    tree::span_or_ancestor(root, &at).start,
+                    format!(
+                        "{}: cannot be passed to its worker ({e}); check its numbers are finite",
+                        ctx.place(&at)
+                    ),
+                );
+            }
         }
     }
     slices

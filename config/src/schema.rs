@@ -1,8 +1,9 @@
-//! The configuration file's schema, as CONTRACT.md promises it to operators. Every key has its
-//! doc comment here (this is the reference) and a default that works where CONTRACT.md gives one.
-//! Keys are only ever added; renaming or removing one changes CONTRACT.md, the README, the
-//! examples and the tests in the same change.
+//! The configuration file's schema: a promise to operators. Every key has its doc comment here
+//! (this is the reference) and a default that works out of the box. Keys are only ever added;
+//! renaming or removing one changes this file, the README, the examples and the tests in the
+//! same change.
 
+use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
 use crate::Secret;
@@ -249,7 +250,7 @@ pub enum FullPolicy {
 }
 
 /// One `[[sources]]` entry: the protocol decides the other keys.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Encode, Decode)]
 #[serde(tag = "protocol", rename_all = "lowercase")]
 pub enum Source {
     /// An OPC-UA server.
@@ -261,7 +262,7 @@ pub enum Source {
 }
 
 /// `protocol = "opcua"`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Encode, Decode)]
 #[serde(deny_unknown_fields)]
 pub struct OpcuaSource {
     /// Unique source name, `[a-z0-9_-]`; part of every `record_id`.
@@ -327,7 +328,7 @@ fn default_opcua_watchdog_intervals() -> u32 {
 }
 
 /// OPC-UA security policy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Encode, Decode)]
 pub enum SecurityPolicy {
     /// No security.
     #[default]
@@ -347,7 +348,7 @@ pub enum SecurityPolicy {
 }
 
 /// OPC-UA message security mode.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Encode, Decode)]
 pub enum SecurityMode {
     /// Neither signed nor encrypted.
     #[default]
@@ -363,7 +364,7 @@ fn default_1000() -> u64 {
 }
 
 /// One monitored node.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Encode, Decode)]
 #[serde(deny_unknown_fields)]
 pub struct OpcuaNode {
     /// `ns=2;s=…`, `nsu=<namespace URI>;s=…`, or a browse path.
@@ -387,7 +388,7 @@ pub struct OpcuaNode {
 }
 
 /// One browse discovery root.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Encode, Decode)]
 #[serde(deny_unknown_fields)]
 pub struct OpcuaBrowse {
     /// Node id to start from.
@@ -418,7 +419,7 @@ fn default_depth() -> u32 {
 }
 
 /// `protocol = "mqtt"`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Encode, Decode)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSource {
     /// Unique source name, `[a-z0-9_-]`; part of every `record_id`.
@@ -468,7 +469,7 @@ fn default_session_expiry_seconds() -> u32 {
 }
 
 /// MQTT protocol version.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Encode, Decode)]
 pub enum MqttVersion {
     /// MQTT 3.1.1.
     #[default]
@@ -480,7 +481,7 @@ pub enum MqttVersion {
 }
 
 /// One subscription.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Encode, Decode)]
 #[serde(deny_unknown_fields)]
 pub struct MqttTopic {
     /// Topic filter, wildcards allowed; `$share/<group>/<filter>` with MQTT 5.
@@ -504,7 +505,7 @@ fn default_qos() -> u8 {
 }
 
 /// MQTT payload format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Encode, Decode)]
 #[serde(rename_all = "snake_case")]
 pub enum PayloadFormat {
     /// JSON; `value_path`/`timestamp_path` pick the value and the event time.
@@ -519,7 +520,7 @@ pub enum PayloadFormat {
 }
 
 /// `protocol = "modbus"`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Encode, Decode)]
 #[serde(deny_unknown_fields)]
 pub struct ModbusSource {
     /// Unique source name, `[a-z0-9_-]`; part of every `record_id`.
@@ -560,7 +561,7 @@ fn default_max_gap() -> u16 {
 }
 
 /// Serial parity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Encode, Decode)]
 #[serde(rename_all = "lowercase")]
 pub enum Parity {
     /// No parity bit.
@@ -572,7 +573,7 @@ pub enum Parity {
 }
 
 /// One register (or coil) to poll.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Encode, Decode)]
 #[serde(deny_unknown_fields)]
 pub struct ModbusRegister {
     /// Tag name, unique within the source.
@@ -618,7 +619,9 @@ fn default_unit_id() -> u8 {
 }
 
 /// Modbus data table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize, Encode, Decode,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum RegisterKind {
     /// Holding registers (function 3).
@@ -632,7 +635,7 @@ pub enum RegisterKind {
 }
 
 /// Value type of a register.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Encode, Decode)]
 #[serde(rename_all = "lowercase")]
 pub enum DataType {
     /// One bit (coils, discrete inputs) or a register that is non-zero.
@@ -659,7 +662,7 @@ pub enum DataType {
 }
 
 /// Byte order of multi-register values, as the letters of a 32-bit value's bytes on the wire.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Encode, Decode)]
 pub enum ByteOrder {
     /// Big-endian (the Modbus norm).
     #[default]
@@ -696,11 +699,66 @@ impl Source {
     }
 
     /// The protocol name, as in the file.
-    pub fn protocol(&self) -> &'static str {
+    pub fn protocol(&self) -> Protocol {
         match self {
-            Self::Opcua(_) => "opcua",
-            Self::Mqtt(_) => "mqtt",
-            Self::Modbus(_) => "modbus",
+            Self::Opcua(_) => Protocol::Opcua,
+            Self::Mqtt(_) => Protocol::Mqtt,
+            Self::Modbus(_) => Protocol::Modbus,
         }
+    }
+}
+
+/// The `protocol` of a source: the closed list of what the connector speaks. Each has its
+/// [`Source`] variant, its worker binary and its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// OPC-UA client.
+    Opcua,
+    /// MQTT client.
+    Mqtt,
+    /// Modbus TCP/RTU master.
+    Modbus,
+}
+
+impl Protocol {
+    /// Every protocol, in the order the documentation lists them.
+    pub const ALL: [Protocol; 3] = [Self::Opcua, Self::Mqtt, Self::Modbus];
+
+    /// The value of the `protocol` key.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Opcua => "opcua",
+            Self::Mqtt => "mqtt",
+            Self::Modbus => "modbus",
+        }
+    }
+
+    /// The protocol whose `protocol` key is `key`.
+    pub fn from_key(key: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.key() == key)
+    }
+
+    /// The worker binary, found next to the supervisor's own.
+    pub fn binary(self) -> &'static str {
+        match self {
+            Self::Opcua => "iot-connector-opcua",
+            Self::Mqtt => "iot-connector-mqtt",
+            Self::Modbus => "iot-connector-modbus",
+        }
+    }
+
+    /// The table its data records go to.
+    pub fn table(self) -> iot_connector_proto::Table {
+        match self {
+            Self::Opcua => iot_connector_proto::Table::Opcua,
+            Self::Mqtt => iot_connector_proto::Table::Mqtt,
+            Self::Modbus => iot_connector_proto::Table::Modbus,
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.key())
     }
 }

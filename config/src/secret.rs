@@ -13,11 +13,12 @@
 //! `_password`, `_secret` or `_token`, and `[zerobus] client_id`. A new `Secret` field must be
 //! named so (or be added to `load::is_secret`), or its value is taken literally.
 
+use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
 /// A secret as written in the file (`${ENV}`, `file:PATH`, `credential:NAME`, `enc:…` or a
 /// literal) or, once resolved, its value. `Debug` and `Display` print `***`.
-#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize, Encode, Decode)]
 #[serde(transparent)]
 pub struct Secret(String);
 

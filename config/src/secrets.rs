@@ -11,10 +11,9 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
-
-use crate::base64;
 
 /// Prefix of a sealed value.
 pub const SEALED_PREFIX: &str = "enc:";
@@ -161,7 +160,7 @@ pub fn seal_with(key: &[u8; KEY_LEN], plaintext: &str) -> Result<String, SecretE
         )
         .map_err(|_| SecretError::Seal)?;
     sealed.extend_from_slice(&body);
-    Ok(format!("{SEALED_PREFIX}{}", base64::encode(&sealed)))
+    Ok(format!("{SEALED_PREFIX}{}", BASE64.encode(&sealed)))
 }
 
 /// Opens an `enc:` value sealed with the key in `key_path`.
@@ -175,7 +174,9 @@ pub fn open_with(key: &[u8; KEY_LEN], sealed: &str) -> Result<String, SecretErro
         .trim()
         .strip_prefix(SEALED_PREFIX)
         .ok_or(SecretError::Malformed)?;
-    let bytes = base64::decode(coded.trim()).ok_or(SecretError::Malformed)?;
+    let bytes = BASE64
+        .decode(coded.trim())
+        .map_err(|_| SecretError::Malformed)?;
     if bytes.len() < NONCE_LEN + TAG_LEN {
         return Err(SecretError::Malformed);
     }
@@ -243,11 +244,11 @@ mod tests {
     fn altered_or_garbled_values_are_refused() {
         let key = [7u8; 32];
         let sealed = seal_with(&key, "abc").unwrap();
-        let mut bytes = base64::decode(sealed.strip_prefix("enc:").unwrap()).unwrap();
+        let mut bytes = BASE64.decode(sealed.strip_prefix("enc:").unwrap()).unwrap();
         if let Some(last) = bytes.last_mut() {
             *last ^= 1;
         }
-        let altered = format!("enc:{}", base64::encode(&bytes));
+        let altered = format!("enc:{}", BASE64.encode(&bytes));
         assert!(matches!(
             open_with(&key, &altered),
             Err(SecretError::WrongKey)
@@ -258,5 +259,30 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn only_canonical_padded_base64_opens() {
+        const ALPHABET: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let key = [7u8; 32];
+        // Nonce, 3 bytes and tag are 31 bytes: the text ends in `==`, and the symbol before the
+        // padding has 4 unused low bits, which canonical base64 leaves zero.
+        let sealed = seal_with(&key, "abc").unwrap();
+        let unpadded = sealed.strip_suffix("==").unwrap();
+        let (head, last) = unpadded.split_at(unpadded.len() - 1);
+        let stray = &ALPHABET[ALPHABET.find(last).unwrap() + 1..][..1];
+        for bad in [
+            unpadded.to_owned(),
+            format!("{unpadded}="),
+            format!("{head}{stray}=="),
+            format!("{sealed}===="),
+            format!("{} {}", &sealed[..10], &sealed[10..]),
+        ] {
+            assert!(
+                matches!(open_with(&key, &bad), Err(SecretError::Malformed)),
+                "{bad}"
+            );
+        }
+        assert_eq!(open_with(&key, &format!(" {sealed}\n")).unwrap(), "abc");
     }
 }

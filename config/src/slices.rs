@@ -4,7 +4,7 @@ use iot_connector_proto::{
     SourceGrant, SpoolPolicy, Table, UplinkSettings, WorkerSettings, ZerobusSettings,
 };
 
-use crate::{FullPolicy, Loaded, Source, Tables};
+use crate::{FullPolicy, Loaded, Protocol, Source, Tables};
 
 fn lossy(path: &std::path::Path) -> String {
     path.to_string_lossy().into_owned()
@@ -56,22 +56,16 @@ impl Loaded {
         }
     }
 
-    /// A worker's slice: its source's table as TOML (without `protocol`, secrets resolved; the
-    /// worker reads it with `toml::from_str::<ModbusSource>` and so on), the connector id, the
-    /// data socket and its per-spawn token.
+    /// A worker's slice: its validated source with secrets resolved (see [`Source::to_slice`]),
+    /// the connector id, the state directory, the data socket and its per-spawn token.
     pub fn worker_settings(&self, source: &Source, token: Vec<u8>) -> WorkerSettings {
-        let source_config = self
-            .slices
-            .get(source.name())
-            .cloned()
-            .or_else(|| source_toml(source).ok())
-            .unwrap_or_default();
         WorkerSettings {
             connector_id: self.config.connector.id.clone(),
             source: source.name().to_owned(),
+            state_dir: lossy(&self.state_dir),
             data_socket: lossy(&self.data_socket()),
             token,
-            source_config,
+            source_config: self.slices.get(source.name()).cloned().unwrap_or_default(),
         }
     }
 
@@ -92,11 +86,61 @@ impl Loaded {
     }
 }
 
-/// A source's own table as TOML, without `protocol`.
-pub(crate) fn source_toml(source: &Source) -> Result<String, toml::ser::Error> {
-    match source {
-        Source::Opcua(s) => toml::to_string(s),
-        Source::Mqtt(s) => toml::to_string(s),
-        Source::Modbus(s) => toml::to_string(s),
+fn slice_codec() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// The supervisor's slice does not decode as a source: the two binaries are of different
+/// releases, or the slice was damaged on its way.
+#[derive(Debug, thiserror::Error)]
+#[error("the configuration slice does not decode as a source: {0}")]
+pub struct SliceError(#[source] bincode::error::DecodeError);
+
+impl Source {
+    /// The source as its worker receives it in [`WorkerSettings::source_config`]: already
+    /// validated, so that the worker decodes it and never parses or checks it again.
+    pub fn to_slice(&self) -> Vec<u8> {
+        // Encoding into a vector only fails for types that refuse to encode; ours never do.
+        bincode::encode_to_vec(self, slice_codec()).unwrap_or_default()
+    }
+
+    /// The source of a slice written by [`Source::to_slice`].
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, SliceError> {
+        match bincode::decode_from_slice(bytes, slice_codec()) {
+            Ok((source, used)) if used == bytes.len() => Ok(source),
+            Ok(_) => Err(SliceError(bincode::error::DecodeError::Other(
+                "trailing bytes after the source",
+            ))),
+            Err(e) => Err(SliceError(e)),
+        }
     }
 }
+
+/// A worker's own kind of source: one variant of [`Source`], or any of them.
+pub trait FromSource: Sized {
+    /// The source if it is of this kind, else the protocol it is of.
+    fn from_source(source: Source) -> Result<Self, Protocol>;
+}
+
+impl FromSource for Source {
+    fn from_source(source: Source) -> Result<Self, Protocol> {
+        Ok(source)
+    }
+}
+
+macro_rules! protocol_source {
+    ($variant:ident, $type:ty) => {
+        impl FromSource for $type {
+            fn from_source(source: Source) -> Result<Self, Protocol> {
+                match source {
+                    Source::$variant(s) => Ok(s),
+                    other => Err(other.protocol()),
+                }
+            }
+        }
+    };
+}
+
+protocol_source!(Opcua, crate::OpcuaSource);
+protocol_source!(Mqtt, crate::MqttSource);
+protocol_source!(Modbus, crate::ModbusSource);

@@ -19,6 +19,8 @@ use crate::{
 const MAX_PEM_BYTES: u64 = 1 << 20;
 /// Most registers one Modbus read returns.
 const MAX_READ_REGISTERS: u16 = 125;
+/// The slave addresses of a Modbus serial line (0 is broadcast, 248 to 255 are reserved).
+const RTU_UNIT_IDS: std::ops::RangeInclusive<u8> = 1..=247;
 
 /// What the checks found that the loaded config keeps.
 #[derive(Debug)]
@@ -730,6 +732,14 @@ fn check_modbus(s: &ModbusSource, at: &At<'_, '_, '_, '_>, p: &mut Problems) {
     }
     check_positive(at, p, "poll_interval_ms", s.poll_interval_ms);
     check_positive(at, p, "timeout_ms", s.timeout_ms);
+    if s.enabled && s.registers.is_empty() {
+        at.report(
+            p,
+            "endpoint",
+            "the source has no registers: add registers = [ { name = ..., kind = ..., address = ... } ], or set enabled = false",
+        );
+    }
+    let rtu = serial || s.endpoint.starts_with("rtu+tcp://");
 
     let mut names: HashMap<&str, usize> = HashMap::new();
     for (i, register) in s.registers.iter().enumerate() {
@@ -806,6 +816,20 @@ fn check_modbus(s: &ModbusSource, at: &At<'_, '_, '_, '_>, p: &mut Problems) {
         }
         if let Some(ms) = register.heartbeat_ms {
             check_positive(at, p, &rel("heartbeat_ms"), ms);
+        }
+        if rtu && !RTU_UNIT_IDS.contains(&register.unit_id) {
+            at.report(
+                p,
+                &if at.written(&rel("unit_id")) {
+                    rel("unit_id")
+                } else {
+                    rel("name")
+                },
+                format!(
+                    "unit_id {} is not an RTU slave address: use 1 to 247 (0 is broadcast, which answers nothing)",
+                    register.unit_id
+                ),
+            );
         }
     }
 }

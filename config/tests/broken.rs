@@ -580,3 +580,56 @@ fn a_deprecated_opcua_policy_needs_an_explicit_opt_in_and_one_identity_is_allowe
         ],
     );
 }
+
+#[test]
+fn an_rtu_register_needs_a_slave_address_and_tcp_allows_broadcast() {
+    // Lines 29 to 32 of VALID: the Modbus source's endpoint and its two registers.
+    let rtu = edit(&[
+        (29, "endpoint = \"rtu+tcp://gw:502\""),
+        (
+            31,
+            "  { name = \"temp\", unit_id = 0, kind = \"holding\", address = 0, data_type = \"float32\" },",
+        ),
+        (
+            32,
+            "  { name = \"pump\", unit_id = 248, kind = \"coil\", address = 10, data_type = \"bool\" },",
+        ),
+    ]);
+    assert_problems(
+        &rtu,
+        &[
+            (31, &["registers[0].unit_id", "unit_id 0", "1 to 247"]),
+            (32, &["registers[1].unit_id", "unit_id 248", "1 to 247"]),
+        ],
+    );
+    let tcp = rtu.replace("rtu+tcp://gw:502", "tcp://gw:502");
+    assert!(parse_with_env(Path::new(FILE), &tcp, &env).is_ok());
+}
+
+#[test]
+fn an_enabled_modbus_source_without_registers_is_refused() {
+    let text = edit(&[(30, "registers = []"), (31, ""), (32, ""), (33, "")]);
+    assert_problems(&text, &[(29, &["source \"plc\" endpoint", "no registers"])]);
+    let disabled = text.replace(
+        "protocol = \"modbus\"",
+        "protocol = \"modbus\"\nenabled = false",
+    );
+    assert!(parse_with_env(Path::new(FILE), &disabled, &env).is_ok());
+}
+
+#[test]
+fn serial_keys_are_checked_and_belong_to_rtu_only() {
+    let tcp = edit(&[(29, "endpoint = \"tcp://plc:502\"\nbaud_rate = 19200")]);
+    assert_problems(&tcp, &[(30, &["baud_rate", "rtu://"])]);
+    let rtu = edit(&[(
+        29,
+        "endpoint = \"rtu:///dev/ttyS0\"\ndata_bits = 9\nstop_bits = 3",
+    )]);
+    assert_problems(
+        &rtu,
+        &[
+            (30, &["data_bits", "7 or 8"]),
+            (31, &["stop_bits", "1 or 2"]),
+        ],
+    );
+}

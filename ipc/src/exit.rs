@@ -24,6 +24,24 @@ pub enum ExitStatus {
 }
 
 impl ExitStatus {
+    /// Every status of the contract.
+    pub const ALL: [ExitStatus; 8] = [
+        Self::Ok,
+        Self::Usage,
+        Self::DataErr,
+        Self::Unavailable,
+        Self::Software,
+        Self::OsErr,
+        Self::Protocol,
+        Self::Config,
+    ];
+
+    /// The status a process ended with, from its exit code; `None` for a code outside the
+    /// contract.
+    pub fn from_code(code: i32) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| i32::from(s.code()) == code)
+    }
+
     /// Whether the supervisor should restart a child that exited this way without waiting for a
     /// configuration change.
     pub fn restart_helps(self) -> bool {
@@ -39,5 +57,22 @@ impl ExitStatus {
 impl From<ExitStatus> for std::process::ExitCode {
     fn from(status: ExitStatus) -> Self {
         Self::from(status.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_reads_back_from_its_code_and_others_are_outside_the_contract() {
+        for status in ExitStatus::ALL {
+            assert_eq!(
+                ExitStatus::from_code(i32::from(status.code())),
+                Some(status)
+            );
+        }
+        assert_eq!(ExitStatus::from_code(1), None);
+        assert_eq!(ExitStatus::from_code(-1), None);
     }
 }

@@ -12,6 +12,7 @@ mod backoff;
 mod exit;
 mod frame;
 mod logging;
+mod operator;
 pub mod os;
 mod phase;
 mod socket;
@@ -20,10 +21,13 @@ pub use backoff::Backoff;
 pub use exit::ExitStatus;
 pub use frame::{FrameReader, FrameWriter, MAX_FRAME_BYTES, decode, encode};
 pub use logging::{FORMAT_ENV, SOURCE_ENV, init_logging};
-pub use phase::{Phase, handshake};
+pub use operator::send_command;
+pub use phase::{Expect, Phase, expect, handshake};
 pub use socket::{DataListener, DataStream, PeerIdentity, connect_data, new_token, tokens_match};
 
 use std::io;
+
+use iot_connector_proto::{MessageKind, Table};
 
 /// Everything that can go wrong on a connector IPC connection.
 #[derive(Debug, thiserror::Error)]
@@ -50,20 +54,38 @@ pub enum IpcError {
     #[error("IPC peer closed the connection while {0:?} expected a message")]
     Closed(Phase),
     /// A message arrived that is not legal in the current phase.
-    #[error(
-        "IPC protocol error: {got} is not legal while {phase:?} (expected one of {expected:?})"
-    )]
+    #[error("IPC protocol error: {got} is not legal while {phase:?} (legal: {expected:?})")]
     Unexpected {
         /// Where the conversation was.
         phase: Phase,
         /// What arrived.
-        got: &'static str,
+        got: MessageKind,
         /// What would have been legal.
-        expected: &'static [&'static str],
+        expected: &'static [MessageKind],
     },
     /// The peer speaks another protocol version or role.
     #[error("IPC handshake refused: {0}")]
     Handshake(String),
+    /// A worker sent a sequence number that does not increase.
+    #[error("source {source_name:?} sent seq {seq} after {last}: sequence numbers must increase")]
+    OutOfOrder {
+        /// The source the connection is bound to.
+        source_name: String,
+        /// The offending sequence number.
+        seq: u64,
+        /// The previous one on this connection.
+        last: u64,
+    },
+    /// A worker sent a record for a table its grant does not allow.
+    #[error("source {source_name:?} may write to {allowed} only, not {got}")]
+    WrongTable {
+        /// The source the connection is bound to.
+        source_name: String,
+        /// The table of its grant.
+        allowed: Table,
+        /// The table of the record.
+        got: Table,
+    },
     /// The peer refused us, with its reason.
     #[error("IPC peer refused the connection: {0}")]
     Refused(String),

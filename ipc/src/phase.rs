@@ -1,7 +1,12 @@
-//! Which message is legal where. Every read names the phase the reader is in; anything else is a
-//! protocol error that ends the connection, never a panic or a silent skip.
+//! Which message is legal where. A conversation is a series of phases; every read names the
+//! step it expects ([`Expect`]), which is keyed by the [`MessageKind`]s legal in that phase and
+//! yields the typed payload. Anything else is a protocol error that ends the connection, never a
+//! panic or a silent skip (OpenSSH's `mon_dispatch` tables are the model).
 
-use iot_connector_proto::{Message, PROTOCOL_VERSION, Role};
+use iot_connector_proto::{
+    ChildReport, Message, MessageKind, OperatorCommand, OperatorReply, PROTOCOL_VERSION, Record,
+    Role, SourceGrant, UplinkSettings, WorkerSettings,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{FrameReader, FrameWriter, IpcError};
@@ -11,10 +16,15 @@ use crate::{FrameReader, FrameWriter, IpcError};
 pub enum Phase {
     /// Any connection, first frame.
     Handshake,
-    /// A child's control channel before its configuration arrived.
-    ChildAwaitingConfig,
+    /// The uplink's control channel before its configuration arrived.
+    UplinkAwaitingConfig,
+    /// A worker's control channel before its configuration arrived.
+    WorkerAwaitingConfig,
     /// The uplink's control channel once configured.
     UplinkControl,
+    /// A worker's control channel once configured: the supervisor sends nothing more, and
+    /// closing the channel is the order to stop.
+    WorkerControl,
     /// The supervisor waiting for a child to report ready.
     SupervisorAwaitingReady,
     /// The supervisor watching a ready child.
@@ -33,50 +43,107 @@ pub enum Phase {
     WorkerStreaming,
 }
 
-impl Phase {
-    /// The message kinds legal in this phase. `Refused` is legal everywhere and ends the
-    /// conversation.
-    pub fn legal(self) -> &'static [&'static str] {
-        match self {
-            Self::Handshake => &["Hello"],
-            Self::ChildAwaitingConfig => &["ConfigureUplink", "ConfigureWorker"],
-            Self::UplinkControl => &["Grant"],
-            Self::SupervisorAwaitingReady => &["Ready"],
-            Self::SupervisorMonitoring => &["Heartbeat"],
-            Self::AwaitingCommand => &["Command"],
-            Self::AwaitingReply => &["Reply"],
-            Self::UplinkAwaitingBind => &["Bind"],
-            Self::UplinkReceiving => &["Batch"],
-            Self::WorkerAwaitingWelcome => &["Welcome"],
-            Self::WorkerStreaming => &["Ack"],
-        }
-    }
+/// One phase's allow-list and what its legal message yields. `Refused` is legal in every phase
+/// and ends the conversation with [`IpcError::Refused`].
+#[derive(Debug, Clone, Copy)]
+pub struct Expect<T> {
+    /// The phase this step belongs to.
+    pub phase: Phase,
+    /// The message kinds legal in it.
+    pub legal: &'static [MessageKind],
+    take: fn(Message) -> Option<T>,
+}
 
-    /// Lets a legal message through; turns a refusal or an illegal message into an error.
-    pub fn check(self, message: Message) -> Result<Message, IpcError> {
+impl<T> Expect<T> {
+    /// Lets a legal message through as its payload; turns a refusal or an illegal message into
+    /// an error naming the phase.
+    pub fn check(&self, message: Message) -> Result<T, IpcError> {
         if let Message::Refused { reason } = message {
             return Err(IpcError::Refused(reason));
         }
-        let expected = self.legal();
-        if expected.contains(&message.kind()) {
-            Ok(message)
-        } else {
-            Err(IpcError::Unexpected {
-                phase: self,
-                got: message.kind(),
-                expected,
-            })
+        let got = message.kind();
+        let unexpected = || IpcError::Unexpected {
+            phase: self.phase,
+            got,
+            expected: self.legal,
+        };
+        if !self.legal.contains(&got) {
+            return Err(unexpected());
         }
+        (self.take)(message).ok_or_else(unexpected)
     }
 }
 
+/// Steps whose only legal message is `Message::$kind`, each yielding `$value` bound by `$pattern`
+/// (`{}` for a variant without fields).
+macro_rules! steps {
+    ($($(#[$doc:meta])* $name:ident: $payload:ty = $phase:ident, $kind:ident $pattern:tt => $value:expr;)*) => {
+        $(
+            $(#[$doc])*
+            pub const $name: Expect<$payload> = Expect {
+                phase: Phase::$phase,
+                legal: &[MessageKind::$kind],
+                take: |m| match m {
+                    Message::$kind $pattern => Some($value),
+                    _ => None,
+                },
+            };
+        )*
+    };
+}
+
+/// The steps of every conversation, one per phase.
+pub mod expect {
+    use super::*;
+
+    steps! {
+        /// `Hello` of any connection: the peer's protocol version and role.
+        HELLO: (u16, Role) = Handshake, Hello { protocol_version, role } => (protocol_version, role);
+        /// The uplink's configuration.
+        UPLINK_CONFIG: Box<UplinkSettings> = UplinkAwaitingConfig, ConfigureUplink(settings) => settings;
+        /// A worker's configuration.
+        WORKER_CONFIG: WorkerSettings = WorkerAwaitingConfig, ConfigureWorker(settings) => settings;
+        /// A grant on the uplink's control channel.
+        UPLINK_CONTROL: SourceGrant = UplinkControl, Grant(grant) => grant;
+        /// A child's `Ready`.
+        READY: () = SupervisorAwaitingReady, Ready {} => ();
+        /// A child's heartbeat.
+        HEARTBEAT: ChildReport = SupervisorMonitoring, Heartbeat(report) => report;
+        /// An operator's command.
+        COMMAND: OperatorCommand = AwaitingCommand, Command(command) => command;
+        /// The supervisor's reply to an operator.
+        REPLY: OperatorReply = AwaitingReply, Reply(reply) => reply;
+        /// A worker's `Bind`: the source it speaks for and its per-spawn token.
+        BIND: (String, Vec<u8>) = UplinkAwaitingBind, Bind { source, token } => (source, token);
+        /// A batch of records from a bound worker.
+        BATCH: Vec<Record> = UplinkReceiving, Batch(records) => records;
+        /// The uplink's `Welcome`: the last durable sequence number of the source.
+        WELCOME: Option<u64> = WorkerAwaitingWelcome, Welcome { last_durable_seq } => last_durable_seq;
+        /// A durable acknowledgement: every record up to this sequence number is on disk.
+        ACK: u64 = WorkerStreaming, Ack { up_to_seq } => up_to_seq;
+    }
+
+    /// Nothing is legal on a configured worker's control channel but its closing.
+    pub const WORKER_CONTROL: Expect<std::convert::Infallible> = Expect {
+        phase: Phase::WorkerControl,
+        legal: &[],
+        take: |_| None,
+    };
+}
+
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    /// Reads the next message and checks that it is legal in `phase`.
-    pub async fn recv_in(&mut self, phase: Phase) -> Result<Message, IpcError> {
+    /// Reads the next message, which must be legal in `step`'s phase; a close is an error.
+    pub async fn expect<T>(&mut self, step: Expect<T>) -> Result<T, IpcError> {
         match self.recv().await? {
-            Some(message) => phase.check(message),
-            None => Err(IpcError::Closed(phase)),
+            Some(message) => step.check(message),
+            None => Err(IpcError::Closed(step.phase)),
         }
+    }
+
+    /// Like [`FrameReader::expect`], for phases the peer may end: `Ok(None)` when it closed
+    /// cleanly between frames.
+    pub async fn next<T>(&mut self, step: Expect<T>) -> Result<Option<T>, IpcError> {
+        self.recv().await?.map(|m| step.check(m)).transpose()
     }
 }
 
@@ -97,13 +164,7 @@ where
             role,
         })
         .await?;
-    let Message::Hello {
-        protocol_version,
-        role: theirs,
-    } = reader.recv_in(Phase::Handshake).await?
-    else {
-        return Err(IpcError::Handshake("first message was not Hello".into()));
-    };
+    let (protocol_version, theirs) = reader.expect(expect::HELLO).await?;
     let problem = if protocol_version != PROTOCOL_VERSION {
         Some(format!(
             "peer speaks protocol {protocol_version}, this binary {PROTOCOL_VERSION}: install one release of all connector binaries"
@@ -133,20 +194,55 @@ mod tests {
 
     #[test]
     fn a_batch_before_binding_is_a_protocol_error() {
-        let err = Phase::UplinkAwaitingBind
-            .check(Message::Batch(Vec::new()))
-            .unwrap_err();
-        assert!(matches!(err, IpcError::Unexpected { got: "Batch", .. }));
+        let err = expect::BIND.check(Message::Batch(Vec::new())).unwrap_err();
+        assert!(matches!(
+            err,
+            IpcError::Unexpected {
+                phase: Phase::UplinkAwaitingBind,
+                got: MessageKind::Batch,
+                expected: [MessageKind::Bind],
+            }
+        ));
+    }
+
+    #[test]
+    fn a_legal_message_yields_its_payload() {
+        let up_to = expect::ACK.check(Message::Ack { up_to_seq: 7 }).unwrap();
+        assert_eq!(up_to, 7);
     }
 
     #[test]
     fn a_refusal_is_reported_with_its_reason() {
-        let err = Phase::WorkerStreaming
+        let err = expect::ACK
             .check(Message::Refused {
                 reason: "bad token".into(),
             })
             .unwrap_err();
         assert!(matches!(err, IpcError::Refused(r) if r == "bad token"));
+    }
+
+    #[test]
+    fn a_configured_worker_takes_no_control_message() {
+        let err = expect::WORKER_CONTROL.check(Message::Ready).unwrap_err();
+        assert!(matches!(
+            err,
+            IpcError::Unexpected {
+                phase: Phase::WorkerControl,
+                got: MessageKind::Ready,
+                expected: [],
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_clean_close_ends_a_phase_the_peer_may_end() {
+        let mut reader = FrameReader::new(&[][..]);
+        assert!(reader.next(expect::BATCH).await.unwrap().is_none());
+        let mut reader = FrameReader::new(&[][..]);
+        assert!(matches!(
+            reader.expect(expect::WELCOME).await,
+            Err(IpcError::Closed(Phase::WorkerAwaitingWelcome))
+        ));
     }
 
     #[tokio::test]

@@ -10,9 +10,9 @@ mod record;
 pub mod table;
 
 pub use message::{
-    ACK_LATENCY_BUCKETS_MS, ChildReport, Message, OperatorCommand, OperatorReply, PROTOCOL_VERSION,
-    ProcessStatus, Role, SourceGrant, SpoolPolicy, UplinkReport, UplinkSettings, WorkerReport,
-    WorkerSettings, ZerobusSettings,
+    ACK_LATENCY_BUCKETS_MS, ChildReport, Message, MessageKind, OperatorCommand, OperatorReply,
+    PROTOCOL_VERSION, ProcessStatus, Role, SourceGrant, SourceState, SpoolPolicy, UplinkReport,
+    UplinkSettings, WorkerReport, WorkerSettings, ZerobusSettings,
 };
 pub use record::{
     Detail, ModbusDetail, MqttDetail, OpcuaDetail, Quality, Record, StatusDetail, StatusEvent,

@@ -7,7 +7,7 @@ use crate::{Record, Table};
 
 /// Bumped on any change to [`Message`] or the types it carries. Every connection starts with a
 /// [`Message::Hello`]; a peer with another version is refused before anything else is read.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Which kind of process is speaking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
@@ -76,23 +76,61 @@ pub enum Message {
     },
 }
 
+/// The kind of a [`Message`], without its payload: what the per-phase allow-lists of
+/// `iot-connector-ipc` are keyed by, and what protocol errors name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// [`Message::Hello`].
+    Hello,
+    /// [`Message::Refused`].
+    Refused,
+    /// [`Message::ConfigureUplink`].
+    ConfigureUplink,
+    /// [`Message::ConfigureWorker`].
+    ConfigureWorker,
+    /// [`Message::Grant`].
+    Grant,
+    /// [`Message::Ready`].
+    Ready,
+    /// [`Message::Heartbeat`].
+    Heartbeat,
+    /// [`Message::Command`].
+    Command,
+    /// [`Message::Reply`].
+    Reply,
+    /// [`Message::Bind`].
+    Bind,
+    /// [`Message::Welcome`].
+    Welcome,
+    /// [`Message::Batch`].
+    Batch,
+    /// [`Message::Ack`].
+    Ack,
+}
+
+impl std::fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
 impl Message {
-    /// A short name for logs and protocol errors.
-    pub fn kind(&self) -> &'static str {
+    /// What kind of message this is; the compiler keeps this match complete.
+    pub fn kind(&self) -> MessageKind {
         match self {
-            Self::Hello { .. } => "Hello",
-            Self::Refused { .. } => "Refused",
-            Self::ConfigureUplink(_) => "ConfigureUplink",
-            Self::ConfigureWorker(_) => "ConfigureWorker",
-            Self::Grant(_) => "Grant",
-            Self::Ready => "Ready",
-            Self::Heartbeat(_) => "Heartbeat",
-            Self::Command(_) => "Command",
-            Self::Reply(_) => "Reply",
-            Self::Bind { .. } => "Bind",
-            Self::Welcome { .. } => "Welcome",
-            Self::Batch(_) => "Batch",
-            Self::Ack { .. } => "Ack",
+            Self::Hello { .. } => MessageKind::Hello,
+            Self::Refused { .. } => MessageKind::Refused,
+            Self::ConfigureUplink(_) => MessageKind::ConfigureUplink,
+            Self::ConfigureWorker(_) => MessageKind::ConfigureWorker,
+            Self::Grant(_) => MessageKind::Grant,
+            Self::Ready => MessageKind::Ready,
+            Self::Heartbeat(_) => MessageKind::Heartbeat,
+            Self::Command(_) => MessageKind::Command,
+            Self::Reply(_) => MessageKind::Reply,
+            Self::Bind { .. } => MessageKind::Bind,
+            Self::Welcome { .. } => MessageKind::Welcome,
+            Self::Batch(_) => MessageKind::Batch,
+            Self::Ack { .. } => MessageKind::Ack,
         }
     }
 }
@@ -160,7 +198,7 @@ pub struct ZerobusSettings {
     /// Hosts that bypass the proxy.
     pub no_proxy: Vec<String>,
     /// Target table per record kind, in [`Table::ALL`] order.
-    pub tables: [String; 4],
+    pub tables: [String; Table::COUNT],
 }
 
 impl std::fmt::Debug for ZerobusSettings {
@@ -183,12 +221,15 @@ pub struct WorkerSettings {
     pub connector_id: String,
     /// This worker's source name.
     pub source: String,
+    /// `[connector] state_dir`, absolute: where a worker keeps what must outlive it (OPC-UA PKI).
+    pub state_dir: String,
     /// The uplink's data socket.
     pub data_socket: String,
     /// The token to present in [`Message::Bind`].
     pub token: Vec<u8>,
-    /// The source's own `[[sources]]` table as TOML text, secrets resolved.
-    pub source_config: String,
+    /// The source's own `[[sources]]` entry, validated by the supervisor, secrets resolved:
+    /// `iot_connector_config::Source` as its `to_slice` encodes it, decoded once by the worker.
+    pub source_config: Vec<u8>,
 }
 
 impl std::fmt::Debug for WorkerSettings {
@@ -196,6 +237,7 @@ impl std::fmt::Debug for WorkerSettings {
         f.debug_struct("WorkerSettings")
             .field("connector_id", &self.connector_id)
             .field("source", &self.source)
+            .field("state_dir", &self.state_dir)
             .field("data_socket", &self.data_socket)
             .finish_non_exhaustive()
     }
@@ -239,7 +281,7 @@ pub struct UplinkReport {
     /// Sealed bytes held.
     pub spool_bytes: u64,
     /// Rows held per table, in [`Table::ALL`] order.
-    pub spool_rows: [u64; 4],
+    pub spool_rows: [u64; Table::COUNT],
     /// Age of the oldest row not yet acknowledged by Zerobus, seconds.
     pub oldest_unacked_seconds: f64,
     /// Records written to the spool per source.
@@ -249,11 +291,11 @@ pub struct UplinkReport {
     /// Re-sent records the spool already held.
     pub duplicates: u64,
     /// Rows acknowledged by Zerobus per table, in [`Table::ALL`] order.
-    pub zerobus_acked: [u64; 4],
+    pub zerobus_acked: [u64; Table::COUNT],
     /// Stream (re)openings per table.
-    pub zerobus_reconnects: [u64; 4],
+    pub zerobus_reconnects: [u64; Table::COUNT],
     /// Whether each table's stream is currently failing (the circuit is open).
-    pub zerobus_failing: [bool; 4],
+    pub zerobus_failing: [bool; Table::COUNT],
     /// Rows moved to the dead-letter store since start.
     pub dead_letters: u64,
     /// Durable-ack latency histogram: counts per bucket of [`ACK_LATENCY_BUCKETS_MS`], plus the sum in ms.
@@ -297,6 +339,45 @@ pub enum OperatorReply {
     Status(Vec<ProcessStatus>),
 }
 
+/// A process's state in the words operators see, the same in `status`, `/health` and `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum SourceState {
+    /// A worker holds a working session with its source; the uplink runs and reports.
+    Connected,
+    /// Being started, or running without a session yet.
+    Connecting,
+    /// Crashed too often (still retried at the slowest pace), or waits for a configuration change.
+    Failed,
+    /// Stopped by the operator.
+    Stopped,
+}
+
+impl SourceState {
+    /// Every state, in the order the README lists them.
+    pub const ALL: [Self; 4] = [
+        Self::Connected,
+        Self::Connecting,
+        Self::Failed,
+        Self::Stopped,
+    ];
+
+    /// The contract's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connected => "connected",
+            Self::Connecting => "connecting",
+            Self::Failed => "failed",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for SourceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One process as `iot-connector status` shows it.
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct ProcessStatus {
@@ -304,8 +385,11 @@ pub struct ProcessStatus {
     pub name: String,
     /// `opcua`, `mqtt`, `modbus` or `uplink`.
     pub protocol: String,
-    /// `connected`, `connecting`, `failed`, `stopped`, `waiting_for_config_change`.
-    pub state: String,
+    /// Its state, as `/health` and `/metrics` show it.
+    pub state: SourceState,
+    /// It exited with the configuration-error code and is not restarted until the configuration
+    /// changes (its `state` is [`SourceState::Failed`]).
+    pub waiting_for_config_change: bool,
     /// Process id while it runs.
     pub pid: Option<u32>,
     /// Restarts since the supervisor started.
@@ -314,4 +398,16 @@ pub struct ProcessStatus {
     pub records_read: u64,
     /// The last problem.
     pub last_error: Option<String>,
+}
+
+impl ProcessStatus {
+    /// The word `status` prints: the state, or `waiting_for_config_change`, which tells the
+    /// operator that a restart will not help and a configuration change will.
+    pub fn state_word(&self) -> &'static str {
+        if self.waiting_for_config_change {
+            "waiting_for_config_change"
+        } else {
+            self.state.as_str()
+        }
+    }
 }

@@ -6,6 +6,22 @@ use prost::Message as _;
 
 use crate::{Detail, Record, Value};
 
+// Per-table arrays are indexed by discriminant: `ALL` must list the tables in that order.
+#[allow(clippy::indexing_slicing)] // evaluated by the compiler, `i < COUNT`
+const _: () = {
+    let mut i = 0;
+    while i < Table::COUNT {
+        assert!(Table::ALL[i] as usize == i);
+        i += 1;
+    }
+};
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
 /// Types generated from `schemas/bronze.proto`.
 #[allow(
     missing_docs,
@@ -33,8 +49,11 @@ pub enum Table {
 }
 
 impl Table {
+    /// How many tables there are: the length of every per-table array.
+    pub const COUNT: usize = 4;
+
     /// Every table, in a fixed order used for per-table arrays.
-    pub const ALL: [Table; 4] = [Self::Opcua, Self::Mqtt, Self::Modbus, Self::Status];
+    pub const ALL: [Table; Self::COUNT] = [Self::Opcua, Self::Mqtt, Self::Modbus, Self::Status];
 
     /// Position in [`Table::ALL`].
     pub fn index(self) -> usize {

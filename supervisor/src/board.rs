@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use iot_connector_proto::{ChildReport, ProcessStatus, UplinkReport, WorkerReport};
+use iot_connector_proto::{ChildReport, ProcessStatus, SourceState, UplinkReport, WorkerReport};
 
 /// A report older than this no longer proves the uplink accepts writes (heartbeats come every
 /// second).
@@ -58,16 +58,16 @@ impl Entry {
         }
     }
 
-    /// The state word of CONTRACT.md: `connected|connecting|failed|stopped`.
-    pub fn state(&self) -> &'static str {
+    /// Its state, in the words of `status`, `/health` and `/metrics`.
+    pub fn state(&self) -> SourceState {
         match self.phase {
-            Phase::Failed | Phase::WaitingForConfigChange => "failed",
-            Phase::Stopped => "stopped",
-            Phase::Starting => "connecting",
+            Phase::Failed | Phase::WaitingForConfigChange => SourceState::Failed,
+            Phase::Stopped => SourceState::Stopped,
+            Phase::Starting => SourceState::Connecting,
             Phase::Running => match &self.report {
-                Some(ChildReport::Worker(w)) if w.connected => "connected",
-                Some(ChildReport::Uplink(_)) => "connected",
-                _ => "connecting",
+                Some(ChildReport::Worker(w)) if w.connected => SourceState::Connected,
+                Some(ChildReport::Uplink(_)) => SourceState::Connected,
+                _ => SourceState::Connecting,
             },
         }
     }
@@ -166,10 +166,8 @@ impl Board {
             .map(|(name, e)| ProcessStatus {
                 name: name.to_owned(),
                 protocol: e.protocol.clone(),
-                state: match e.phase {
-                    Phase::WaitingForConfigChange => "waiting_for_config_change".into(),
-                    _ => e.state().into(),
-                },
+                state: e.state(),
+                waiting_for_config_change: e.phase == Phase::WaitingForConfigChange,
                 pid: e.pid,
                 restarts: e.restarts,
                 records_read: e.records_read(),

@@ -10,9 +10,7 @@ use std::{
 };
 
 use iot_connector_config::{Loaded, Source};
-use iot_connector_ipc::{
-    ExitStatus, FrameReader, FrameWriter, Phase as IpcPhase, handshake, new_token, os,
-};
+use iot_connector_ipc::{ExitStatus, FrameReader, FrameWriter, expect, handshake, new_token, os};
 use iot_connector_proto::{ChildReport, Message, Role, SourceGrant};
 use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::{
@@ -114,12 +112,9 @@ fn source<'a>(loaded: &'a Loaded, name: &str) -> Option<&'a Source> {
 fn binary(kind: &Kind, loaded: &Loaded) -> String {
     match kind {
         Kind::Uplink => "iot-connector-uplink".into(),
-        Kind::Worker(name) => {
-            format!(
-                "iot-connector-{}",
-                source(loaded, name).map_or("unknown", Source::protocol)
-            )
-        }
+        Kind::Worker(name) => source(loaded, name)
+            .map_or("iot-connector-unknown", |s| s.protocol().binary())
+            .into(),
     }
 }
 
@@ -276,7 +271,7 @@ async fn run_once(
     command
         .env_clear()
         .envs(shared.env.iter().map(|(k, v)| (k, v)))
-        .env("IOT_CONNECTOR_SOURCE", &name);
+        .env(iot_connector_ipc::SOURCE_ENV, &name);
     command.stdin(std::process::Stdio::null());
     let (mut child, control) = match os::spawn_with_control(&mut command) {
         Ok(spawned) => spawned,
@@ -296,7 +291,7 @@ async fn run_once(
     let startup = async {
         handshake(&mut reader, &mut writer, Role::Supervisor, role).await?;
         writer.send(&configure).await?;
-        reader.recv_in(IpcPhase::SupervisorAwaitingReady).await
+        reader.expect(expect::READY).await
     };
     match tokio::time::timeout(STARTUP, startup).await {
         Ok(Ok(_)) => {}
@@ -338,7 +333,7 @@ async fn monitor(
         tokio::select! {
             status = child.wait() => {
                 let code = status.ok().and_then(|s| s.code());
-                break Ended::Exited(code.and_then(exit_status), describe_exit(code));
+                break Ended::Exited(code.and_then(ExitStatus::from_code), describe_exit(code));
             }
             report = tokio::time::timeout(WATCHDOG, reports.recv()) => match report {
                 Ok(Some(report)) => shared.board.update(name, |e| {
@@ -349,7 +344,7 @@ async fn monitor(
                 Ok(None) => {
                     let code = tokio::time::timeout(STOP_GRACE, child.wait()).await.ok().and_then(|s| s.ok()).and_then(|s| s.code());
                     let _ = child.kill().await;
-                    break Ended::Exited(code.and_then(exit_status), describe_exit(code));
+                    break Ended::Exited(code.and_then(ExitStatus::from_code), describe_exit(code));
                 }
                 Err(_) => {
                     tracing::error!(source = %name, "No heartbeat for {}s; killing the hung process.", WATCHDOG.as_secs());
@@ -383,8 +378,7 @@ async fn read_reports(
     mut reader: FrameReader<OwnedReadHalf>,
     reports: mpsc::UnboundedSender<ChildReport>,
 ) {
-    while let Ok(Message::Heartbeat(report)) = reader.recv_in(IpcPhase::SupervisorMonitoring).await
-    {
+    while let Ok(report) = reader.expect(expect::HEARTBEAT).await {
         if reports.send(report).is_err() {
             return;
         }
@@ -403,27 +397,12 @@ async fn stop(child: &mut Child, grace: Duration) {
 
 async fn reap(child: &mut Child) -> Option<ExitStatus> {
     match tokio::time::timeout(STOP_GRACE, child.wait()).await {
-        Ok(Ok(status)) => status.code().and_then(exit_status),
+        Ok(Ok(status)) => status.code().and_then(ExitStatus::from_code),
         _ => {
             let _ = child.kill().await;
             None
         }
     }
-}
-
-fn exit_status(code: i32) -> Option<ExitStatus> {
-    [
-        ExitStatus::Ok,
-        ExitStatus::Usage,
-        ExitStatus::DataErr,
-        ExitStatus::Unavailable,
-        ExitStatus::Software,
-        ExitStatus::OsErr,
-        ExitStatus::Protocol,
-        ExitStatus::Config,
-    ]
-    .into_iter()
-    .find(|s| i32::from(s.code()) == code)
 }
 
 fn describe_exit(code: Option<i32>) -> String {

@@ -1,16 +1,19 @@
-//! `GET /health`, exactly as CONTRACT.md promises it: 200 while the supervisor and the uplink run
+//! `GET /health`, as the README promises it to load balancers: 200 while the supervisor and the uplink run
 //! and the spool accepts writes (`degraded` when a source failed: one bad PLC must not take the
 //! host out of a load balancer), 503 otherwise.
 
+use iot_connector_proto::SourceState;
 use serde_json::{Value, json};
 
-use crate::board::{Board, Phase, UPLINK};
+use crate::board::{Board, Entry, Phase, UPLINK};
 
 /// The HTTP status and the JSON body.
 pub fn health(board: &Board) -> (u16, Value) {
     let snapshot = board.snapshot();
     let uplink = board.uplink();
-    let uplink_state = snapshot.get(UPLINK).map_or("stopped", |e| e.state());
+    let uplink_state = snapshot
+        .get(UPLINK)
+        .map_or(SourceState::Stopped, Entry::state);
     let accepting = uplink.as_ref().is_some_and(|u| u.accepting);
     let sources: Vec<Value> = snapshot
         .iter()
@@ -19,7 +22,7 @@ pub fn health(board: &Board) -> (u16, Value) {
             json!({
                 "name": name,
                 "protocol": e.protocol,
-                "state": e.state(),
+                "state": e.state().as_str(),
                 "restarts": e.restarts,
                 "records_read": e.records_read(),
                 "last_error": e.last_error(),
@@ -38,7 +41,7 @@ pub fn health(board: &Board) -> (u16, Value) {
         "status": status,
         "version": env!("CARGO_PKG_VERSION"),
         "uplink": {
-            "state": uplink_state,
+            "state": uplink_state.as_str(),
             "spool_bytes": uplink.as_ref().map_or(0, |u| u.spool_bytes),
             "oldest_unacked_seconds": uplink.as_ref().map_or(0.0, |u| u.oldest_unacked_seconds),
             "accepting": accepting,

@@ -45,7 +45,7 @@ pub fn route<B>(board: &Board, request: &Request<B>) -> Response<Full<Bytes>> {
         }
         "/metrics" => respond(
             StatusCode::OK,
-            "text/plain; version=0.0.4",
+            metrics::CONTENT_TYPE,
             metrics::render(board),
         ),
         _ => respond(

@@ -245,7 +245,7 @@ fn execute(command: Command) -> Result<(), MainError> {
                         println!(
                             "{}",
                             serde_json::json!({
-                                "name": p.name, "protocol": p.protocol, "state": p.state, "pid": p.pid,
+                                "name": p.name, "protocol": p.protocol, "state": p.state_word(), "pid": p.pid,
                                 "restarts": p.restarts, "records_read": p.records_read, "last_error": p.last_error,
                             })
                         );
@@ -254,7 +254,7 @@ fn execute(command: Command) -> Result<(), MainError> {
                             "{:<24} {:<8} {:<26} pid={:<8} restarts={:<4} records_read={:<10} {}",
                             p.name,
                             p.protocol,
-                            p.state,
+                            p.state_word(),
                             p.pid.map_or("-".into(), |p| p.to_string()),
                             p.restarts,
                             p.records_read,
@@ -336,6 +336,6 @@ fn operator(
 ) -> Result<OperatorReply, MainError> {
     let socket = iot_connector_config::control_socket_of(config)?;
     runtime()?
-        .block_on(run::send_command(&socket, command))
+        .block_on(iot_connector_ipc::send_command(&socket, command))
         .map_err(|source| MainError::NotRunning { socket, source })
 }

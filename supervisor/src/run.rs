@@ -11,7 +11,7 @@ use std::{
 };
 
 use iot_connector_config::Loaded;
-use iot_connector_ipc::{FrameReader, FrameWriter, IpcError, Phase as IpcPhase, handshake};
+use iot_connector_ipc::{FrameReader, FrameWriter, IpcError, expect, handshake};
 use iot_connector_proto::{Message, OperatorCommand, OperatorReply, Role};
 use tokio::{
     net::UnixListener,
@@ -46,7 +46,7 @@ impl Connector {
         let Some(source) = self.loaded.config.sources.iter().find(|s| s.name() == name) else {
             return;
         };
-        self.shared.board.add(name, source.protocol());
+        self.shared.board.add(name, source.protocol().key());
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(supervise(
             Kind::Worker(name.to_owned()),
@@ -173,11 +173,7 @@ fn child_env(loaded: &Loaded) -> Vec<(String, String)> {
         iot_connector_config::LogFormat::Text => "text",
         iot_connector_config::LogFormat::Json => "json",
     };
-    env.push(("IOT_CONNECTOR_LOG_FORMAT".into(), format.into()));
-    env.push((
-        "IOT_CONNECTOR_STATE_DIR".into(),
-        loaded.state_dir.display().to_string(),
-    ));
+    env.push((iot_connector_ipc::FORMAT_ENV.into(), format.into()));
     env
 }
 
@@ -299,7 +295,7 @@ fn status_line(board: &Board) -> String {
     let status = board.status();
     let connected = status
         .iter()
-        .filter(|p| p.name != UPLINK && p.state == "connected")
+        .filter(|p| p.name != UPLINK && p.state == iot_connector_proto::SourceState::Connected)
         .count();
     let sources = status.iter().filter(|p| p.name != UPLINK).count();
     let spool = board.uplink().map_or(0, |u| u.spool_bytes);
@@ -320,10 +316,7 @@ async fn serve_control(listener: UnixListener, commands: mpsc::UnboundedSender<C
             let (mut reader, mut writer) = (FrameReader::new(rx), FrameWriter::new(tx));
             let exchange = async {
                 handshake(&mut reader, &mut writer, Role::Supervisor, Role::Operator).await?;
-                let Message::Command(command) = reader.recv_in(IpcPhase::AwaitingCommand).await?
-                else {
-                    return Err(IpcError::Handshake("expected Command".into()));
-                };
+                let command = reader.expect(expect::COMMAND).await?;
                 let (reply_tx, reply_rx) = oneshot::channel();
                 commands
                     .send((command, reply_tx))
@@ -340,21 +333,5 @@ async fn serve_control(listener: UnixListener, commands: mpsc::UnboundedSender<C
                 tracing::warn!(error = %e, "Operator command failed.");
             }
         });
-    }
-}
-
-/// Sends one operator command to the running supervisor.
-pub async fn send_command(
-    socket: &Path,
-    command: OperatorCommand,
-) -> Result<OperatorReply, IpcError> {
-    let stream = tokio::net::UnixStream::connect(socket).await?;
-    let (rx, tx) = stream.into_split();
-    let (mut reader, mut writer) = (FrameReader::new(rx), FrameWriter::new(tx));
-    handshake(&mut reader, &mut writer, Role::Operator, Role::Supervisor).await?;
-    writer.send(&Message::Command(command)).await?;
-    match reader.recv_in(IpcPhase::AwaitingReply).await? {
-        Message::Reply(reply) => Ok(reply),
-        other => Err(IpcError::Handshake(format!("unexpected {}", other.kind()))),
     }
 }

@@ -15,22 +15,13 @@
 use std::{path::Path, time::Duration};
 
 use iot_connector_proto::Table;
-use iot_connector_tests::{start_emulator, start_uplink_to, start_worker, wait_until};
+use iot_connector_tests::{Rig, bench_runtime, proc_status_kib, wait_until};
 
 struct Outcome {
     records_per_second: f64,
     p50_ms: f64,
     p99_ms: f64,
     uplink_peak_rss_kib: u64,
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn latencies(dir: &Path, workers: usize) -> (f64, f64) {
@@ -50,29 +41,20 @@ fn latencies(dir: &Path, workers: usize) -> (f64, f64) {
 }
 
 async fn run(workers: usize, per_worker: u64, rate: Option<u64>) -> Outcome {
-    let dir = tempfile::tempdir().unwrap();
-    let zerobus = start_emulator().await.unwrap();
-    let mut uplink = start_uplink_to(&zerobus, dir.path()).await.unwrap();
+    let mut rig = Rig::start().await;
+    let dir = rig.dir.path().to_owned();
     let started = std::time::Instant::now();
-    let mut running = Vec::new();
     for w in 0..workers {
         let config = format!(
             "count = {per_worker}\ntable = \"mqtt\"\npayload_bytes = 64\nlatency_file = {:?}\n{}",
-            dir.path().join(format!("latency{w}")).display().to_string(),
+            dir.join(format!("latency{w}")).display().to_string(),
             rate.map(|r| format!("rate = {r}\n")).unwrap_or_default(),
         );
-        let worker_settings = uplink
-            .grant(&format!("bench{w}"), Table::Mqtt, &config)
-            .await
-            .unwrap();
-        running.push(
-            start_worker("iot-connector-testworker", worker_settings)
-                .await
-                .unwrap(),
-        );
+        rig.test_worker(&format!("bench{w}"), Table::Mqtt, &config)
+            .await;
     }
     let total = workers * per_worker as usize;
-    let state = zerobus.state().clone();
+    let state = rig.zerobus().state().clone();
     let table = iot_connector_tests::TABLES[1];
     assert!(
         state
@@ -81,15 +63,12 @@ async fn run(workers: usize, per_worker: u64, rate: Option<u64>) -> Outcome {
     );
     let elapsed = started.elapsed().as_secs_f64();
     wait_until(Duration::from_secs(30), || {
-        (0..workers).all(|w| dir.path().join(format!("latency{w}")).exists())
+        (0..workers).all(|w| dir.join(format!("latency{w}")).exists())
     })
     .await;
-    let (p50_ms, p99_ms) = latencies(dir.path(), workers);
-    let uplink_peak_rss_kib = peak_rss_kib(uplink.process.pid());
-    for mut worker in running {
-        worker.kill().await;
-    }
-    uplink.process.kill().await;
+    let (p50_ms, p99_ms) = latencies(&dir, workers);
+    let uplink_peak_rss_kib = proc_status_kib(rig.uplink.process.pid(), "VmHWM").unwrap_or(0);
+    rig.stop().await;
     Outcome {
         records_per_second: total as f64 / elapsed,
         p50_ms,
@@ -111,12 +90,7 @@ fn report(outcome: &Outcome, workers: usize) {
 
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is ignored: the scenarios are few.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    bench_runtime().block_on(async {
         let single = run(1, 300_000, None).await;
         let half = (single.records_per_second / 2.0) as u64;
         let paced = run(1, (half * 5).max(1000), Some(half)).await;

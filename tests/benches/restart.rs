@@ -16,7 +16,11 @@
 
 use std::time::{Duration, Instant};
 
-use iot_connector_tests::connector::{Connector, kill, modbus_source};
+use iot_connector_tests::{
+    bench_runtime,
+    connector::{Connector, kill, modbus_source, source_health},
+    proc_status_kib,
+};
 use nix::sys::signal::Signal;
 
 const SOURCES: usize = 25;
@@ -25,25 +29,17 @@ const ROUNDS: usize = 4;
 const ROUND_SPACING: Duration = Duration::from_secs(12);
 
 fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    u32::try_from(pid)
+        .ok()
+        .and_then(|pid| proc_status_kib(pid, "VmRSS"))
         .unwrap_or(0)
 }
 
 fn source_state(c: &Connector, name: &str) -> Option<(u64, String)> {
-    let (status, body) = c.get("/health");
-    if status != 200 {
+    let (200, health) = c.health() else {
         return None;
-    }
-    let health: serde_json::Value = serde_json::from_str(&body).ok()?;
-    let source = health["sources"]
-        .as_array()?
-        .iter()
-        .find(|s| s["name"] == name)?
-        .clone();
+    };
+    let source = source_health(&health, name);
     Some((
         source["restarts"].as_u64()?,
         source["state"].as_str()?.to_owned(),
@@ -51,12 +47,7 @@ fn source_state(c: &Connector, name: &str) -> Option<(u64, String)> {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    bench_runtime().block_on(async {
         let names: Vec<String> = (0..SOURCES).map(|i| format!("plc{i}")).collect();
         let sources: String = names.iter().map(|n| modbus_source(n, 1502)).collect();
         let c = Connector::start(&sources).await;

@@ -13,7 +13,9 @@ use std::{
 use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::process::Child;
 
-use crate::bin;
+use serde_json::Value as Json;
+
+use crate::{bin, free_port};
 
 /// A running `iot-connector run` in a temporary directory.
 #[derive(Debug)]
@@ -26,15 +28,6 @@ pub struct Connector {
     pub http: String,
     /// The supervisor process.
     pub process: Child,
-}
-
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A Modbus `[[sources]]` entry (the test worker stands in for the Modbus worker).
@@ -88,17 +81,24 @@ impl Connector {
         std::fs::write(&script, "#!/bin/sh\nexit 78\n").unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         let http = format!("127.0.0.1:{}", free_port());
-        let config = dir.path().join("config.toml");
-        std::fs::write(&config, config_text(dir.path(), &http, sources)).unwrap();
-        let process = run_supervisor(&config);
-        let connector = Self {
-            dir,
-            config,
-            http,
-            process,
-        };
+        let config = config_text(dir.path(), &http, sources);
+        let connector = Self::launch(dir, http, &config);
         connector.wait_until_healthy().await;
         connector
+    }
+
+    /// Writes `config` to `dir/config.toml` and runs `iot-connector run` on it, without waiting
+    /// for it to be healthy; `http` is the listener that configuration names.
+    pub fn launch(dir: tempfile::TempDir, http: String, config: &str) -> Self {
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let process = run_supervisor(&path);
+        Self {
+            dir,
+            config: path,
+            http,
+            process,
+        }
     }
 
     /// Starts the supervisor again on the same directory, after it was killed or stopped.
@@ -133,22 +133,16 @@ impl Connector {
 
     /// `status --json`, one object per process; empty while the supervisor does not answer yet
     /// (a condition polled with [`Connector::wait_for`] then simply does not hold).
-    pub fn status(&self) -> Vec<serde_json::Value> {
-        let (code, text) = self.command(&["status", "--json"]);
-        if code != 0 {
-            return Vec::new();
-        }
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+    pub fn status(&self) -> Vec<Json> {
+        status_of(&self.config)
     }
 
     /// One process of `status`, `null` when there is none.
-    pub fn process(&self, name: &str) -> serde_json::Value {
+    pub fn process(&self, name: &str) -> Json {
         self.status()
             .into_iter()
             .find(|p| p["name"] == name)
-            .unwrap_or(serde_json::Value::Null)
+            .unwrap_or(Json::Null)
     }
 
     /// A process id from `status`.
@@ -161,6 +155,17 @@ impl Connector {
     /// `GET path`: status code and body (0 when the listener is down).
     pub fn get(&self, path: &str) -> (u16, String) {
         crate::http_get(&self.http, path)
+    }
+
+    /// `GET /health`: the status code and the body (`null` when it is not JSON).
+    pub fn health(&self) -> (u16, Json) {
+        let (status, body) = self.get("/health");
+        (status, serde_json::from_str(&body).unwrap_or_default())
+    }
+
+    /// The `/health` entry of `source`, whatever the status code; `null` when there is none.
+    pub fn health_of(&self, source: &str) -> Json {
+        source_health(&self.health().1, source)
     }
 
     /// Polls `condition` every 50 ms until it holds or `timeout` passes.
@@ -187,6 +192,32 @@ impl Connector {
             .filter_map(|l| l.trim().parse().ok())
             .collect()
     }
+}
+
+/// `iot-connector status --json` for the connector configured by `config`, one object per
+/// process; empty while the supervisor does not answer yet.
+pub fn status_of(config: &Path) -> Vec<Json> {
+    let output = std::process::Command::new(bin("iot-connector"))
+        .args(["status", "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    if !output.status.success() {
+        return Vec::new();
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The entry of `source` in a `/health` body, `null` when there is none.
+pub fn source_health(health: &Json, source: &str) -> Json {
+    health["sources"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == source))
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Sends `signal` to `pid`.

@@ -1,18 +1,23 @@
 //! The end-to-end test harness: it starts the real connector binaries the way the supervisor
 //! does (control channel on an inherited descriptor, handshake, configuration slice, grants) and
-//! gives tests handles to kill and restart them.
+//! gives tests handles to kill and restart them. [`Rig`] is what a test starts: a directory, the
+//! Zerobus emulator, the uplink and the workers; [`connector`] runs `iot-connector run` itself.
 //!
 //! Trust: test code only; it runs the binaries built by `cargo build --workspace`.
 #![forbid(unsafe_code)]
 
 pub mod connector;
+pub mod rig;
+
+pub use rig::Rig;
 
 use std::{
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use iot_connector_ipc::{FrameReader, FrameWriter, IpcError, Phase, handshake, new_token, os};
+use iot_connector_config::Source;
+use iot_connector_ipc::{FrameReader, FrameWriter, IpcError, expect, handshake, new_token, os};
 use iot_connector_proto::{
     Message, Role, SourceGrant, Table, UplinkSettings, WorkerSettings, ZerobusSettings,
 };
@@ -48,7 +53,9 @@ pub struct Process {
 }
 
 impl Process {
-    async fn spawn(
+    /// Starts `binary` as the supervisor would: control channel, handshake as the supervisor of
+    /// a `role`, `configure`, then waits for `Ready`. Its stderr goes to `log` when given.
+    pub async fn spawn(
         binary: &str,
         role: Role,
         configure: Message,
@@ -83,11 +90,19 @@ impl Process {
         )
         .await?;
         process.writer.send(&configure).await?;
-        process
-            .reader
-            .recv_in(Phase::SupervisorAwaitingReady)
-            .await?;
+        process.reader.expect(expect::READY).await?;
         Ok(process)
+    }
+
+    /// The child and both halves of its control channel, for a test that speaks it itself.
+    pub fn into_parts(
+        self,
+    ) -> (
+        Child,
+        FrameReader<OwnedReadHalf>,
+        FrameWriter<OwnedWriteHalf>,
+    ) {
+        (self.child, self.reader, self.writer)
     }
 
     /// The child's process id.
@@ -98,6 +113,14 @@ impl Process {
     /// SIGKILL, then reap.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// Sends `signal` (SIGSTOP to freeze the child, SIGCONT to let it go on); nothing once the
+    /// child was reaped, so that a stale pid never signals someone else.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            connector::kill(pid, signal);
+        }
     }
 }
 
@@ -174,6 +197,8 @@ impl Uplink {
     }
 
     /// Authorises `source` for `table` and returns the worker settings carrying its new token.
+    /// `source_config` is the source's `[[sources]]` entry as TOML without `protocol` (or the
+    /// test worker's parameters); [`start_worker`] turns it into the slice the binary takes.
     pub async fn grant(
         &mut self,
         source: &str,
@@ -192,36 +217,78 @@ impl Uplink {
             .await?;
         self.grants.retain(|g| g.source != source);
         self.grants.push(grant);
+        let state_dir = Path::new(&self.settings.spool_dir).with_file_name("state");
         Ok(WorkerSettings {
             connector_id: self.settings.connector_id.clone(),
             source: source.to_owned(),
+            state_dir: state_dir.display().to_string(),
             data_socket: self.settings.data_socket.clone(),
             token,
-            source_config: source_config.to_owned(),
+            source_config: source_config.as_bytes().to_vec(),
         })
     }
 }
 
-/// Starts a worker binary with its settings and waits until it is ready.
+/// The synthetic worker of `src/bin`, which stands in for a protocol worker.
+pub const TEST_WORKER: &str = "iot-connector-testworker";
+
+/// Where the test worker finds its parameters (TOML): see `src/bin/iot-connector-testworker.rs`.
+pub const TEST_WORKER_ENV: &str = "IOT_CONNECTOR_TEST_WORKER";
+
+/// Starts a worker binary with the settings [`Uplink::grant`] made and waits until it is ready.
 pub async fn start_worker(binary: &str, settings: WorkerSettings) -> Result<Process, IpcError> {
     start_worker_with_env(binary, settings, &[]).await
 }
 
-/// Like [`start_worker`], with extra environment variables (as the supervisor's allow-list
-/// passes them, e.g. `IOT_CONNECTOR_STATE_DIR`).
+/// Like [`start_worker`], with extra environment variables.
 pub async fn start_worker_with_env(
     binary: &str,
-    settings: WorkerSettings,
+    mut settings: WorkerSettings,
     env: &[(&str, &str)],
 ) -> Result<Process, IpcError> {
+    let text = String::from_utf8_lossy(&settings.source_config).into_owned();
+    let mut env = env.to_vec();
+    let source = if binary == TEST_WORKER {
+        env.push((TEST_WORKER_ENV, &text));
+        let table = toml::from_str::<toml::Table>(&text)
+            .ok()
+            .and_then(|t| t.get("table").and_then(|t| t.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| "modbus".into());
+        let endpoint = match table.as_str() {
+            "opcua" => "opc.tcp://127.0.0.1:1",
+            "mqtt" => "mqtt://127.0.0.1:1",
+            _ => "tcp://127.0.0.1:1",
+        };
+        source_of(
+            &table,
+            &format!("name = {:?}\nendpoint = {endpoint:?}\n", settings.source),
+        )
+    } else {
+        source_of(binary.trim_start_matches("iot-connector-"), &text)
+    }?;
+    settings.source_config = source.to_slice();
     Process::spawn(
         binary,
         Role::Worker,
         Message::ConfigureWorker(settings),
         None,
-        env,
+        &env,
     )
     .await
+}
+
+/// A source of `protocol` from its TOML (without `protocol`), as the supervisor would load it.
+fn source_of(protocol: &str, text: &str) -> Result<Source, IpcError> {
+    let source = match protocol {
+        "opcua" => toml::from_str(text).map(Source::Opcua),
+        "mqtt" => toml::from_str(text).map(Source::Mqtt),
+        _ => toml::from_str(text).map(Source::Modbus),
+    };
+    source.map_err(|e| {
+        IpcError::Io(std::io::Error::other(format!(
+            "not a {protocol} source: {e}"
+        )))
+    })
 }
 
 /// Uplink settings for a test directory: spool under `dir/spool`, key under `dir/keys`.
@@ -246,15 +313,33 @@ pub fn read_acked(path: &Path) -> Option<u64> {
 }
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.
-pub async fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+pub async fn wait_until(timeout: Duration, condition: impl FnMut() -> bool) -> bool {
+    poll_until(Duration::from_millis(20), timeout, condition).await
+}
+
+/// Polls `condition` every `interval` until it holds or `timeout` passes; whether it held.
+pub async fn poll_until(
+    interval: Duration,
+    timeout: Duration,
+    mut condition: impl FnMut() -> bool,
+) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     while tokio::time::Instant::now() < deadline {
         if condition() {
             return true;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(interval).await;
     }
     condition()
+}
+
+/// A free loopback port.
+#[allow(clippy::expect_used)] // test harness: a test cannot go on without one
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 /// The three-part table names the tests forward to, in [`Table::ALL`] order.
@@ -279,20 +364,20 @@ pub fn zerobus_settings(emulator: &iot_connector_sim_zerobus::Emulator) -> Zerob
     }
 }
 
+/// The three-part name of `table`, as the tests forward to it.
+pub fn table_name(table: Table) -> &'static str {
+    match table {
+        Table::Opcua => TABLES[0],
+        Table::Mqtt => TABLES[1],
+        Table::Modbus => TABLES[2],
+        Table::Status => TABLES[3],
+    }
+}
+
 /// A local Zerobus emulator with default options.
 pub async fn start_emulator()
 -> Result<iot_connector_sim_zerobus::Emulator, iot_connector_sim_zerobus::SimError> {
     iot_connector_sim_zerobus::start(iot_connector_sim_zerobus::EmulatorOptions::default()).await
-}
-
-/// An uplink with its spool under `dir` that forwards to `emulator`.
-pub async fn start_uplink_to(
-    emulator: &iot_connector_sim_zerobus::Emulator,
-    dir: &Path,
-) -> Result<Uplink, IpcError> {
-    let mut settings = uplink_settings(dir);
-    settings.zerobus = Some(zerobus_settings(emulator));
-    Uplink::start(settings).await
 }
 
 /// The rows written for `source`.
@@ -348,4 +433,61 @@ pub fn http_get(address: &str, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Standard base64 with padding: how the emulator's JSON rows show `bytes` columns.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let mut three = [0u8; 3];
+        three.iter_mut().zip(chunk).for_each(|(slot, b)| *slot = *b);
+        let n = u32::from_be_bytes([0, three[0], three[1], three[2]]);
+        for i in 0..4 {
+            let symbol = usize::try_from((n >> (18 - 6 * i)) & 63)
+                .ok()
+                .and_then(|s| ALPHABET.get(s));
+            out.push(match symbol {
+                Some(s) if i <= chunk.len() => char::from(*s),
+                _ => '=',
+            });
+        }
+    }
+    out
+}
+
+/// A `/proc/<pid>/status` figure in KiB (`VmRSS`, `VmHWM`, `RssAnon`, ...); `None` when the
+/// process or the field is gone.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The runtime the benches run in: two worker threads, as the tests have.
+#[allow(clippy::expect_used)] // a bench cannot go on without one
+pub fn bench_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64;
+
+    #[test]
+    fn base64_pads_like_the_standard_alphabet() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"a"), "YQ==");
+        assert_eq!(base64(b"ab"), "YWI=");
+        assert_eq!(base64(b"kept"), "a2VwdA==");
+        assert_eq!(base64(&[0, 1, 2, 255]), "AAEC/w==");
+        assert_eq!(base64(&[0xfb, 0xff]), "+/8=");
+    }
 }

@@ -4,30 +4,25 @@
 use std::time::Duration;
 
 use iot_connector_proto::Table;
-use iot_connector_tests::{Uplink, read_acked, start_worker, uplink_settings, wait_until};
-
-const WORKER: &str = "iot-connector-testworker";
+use iot_connector_tests::{Rig, TEST_WORKER, read_acked, start_worker, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_record_is_in_the_spool() {
-    let dir = tempfile::tempdir().unwrap();
-    let acked = dir.path().join("acked");
-    let mut uplink = Uplink::start(uplink_settings(dir.path())).await.unwrap();
+    let mut rig = Rig::builder().offline().start().await;
+    let acked = rig.dir.path().join("acked");
     let config = format!(
         "count = 20000\ntable = \"mqtt\"\nacked_file = {:?}\n",
         acked.display().to_string()
     );
-    let settings = uplink.grant("line1", Table::Mqtt, &config).await.unwrap();
-    let mut worker = start_worker(WORKER, settings).await.unwrap();
+    rig.test_worker("line1", Table::Mqtt, &config).await;
     assert!(
         wait_until(Duration::from_secs(60), || read_acked(&acked)
             == Some(20000))
         .await
     );
-    worker.kill().await;
-    uplink.process.kill().await;
+    rig.kill_all().await;
 
-    let spool = uplink.open_spool().unwrap();
+    let spool = rig.uplink.open_spool().unwrap();
     assert_eq!(spool.last_seq("line1").unwrap(), Some(20000));
     let rows = spool
         .read(Table::Mqtt, None, usize::MAX, usize::MAX)
@@ -37,34 +32,30 @@ async fn every_acknowledged_record_is_in_the_spool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_worker_resumes_after_the_last_durable_seq() {
-    let dir = tempfile::tempdir().unwrap();
-    let acked = dir.path().join("acked");
-    let mut uplink = Uplink::start(uplink_settings(dir.path())).await.unwrap();
+    let mut rig = Rig::builder().offline().start().await;
+    let acked = rig.dir.path().join("acked");
     let config = format!(
         "count = 30000\ntable = \"modbus\"\nacked_file = {:?}\n",
         acked.display().to_string()
     );
     for _ in 0..3 {
-        let settings = uplink.grant("plc", Table::Modbus, &config).await.unwrap();
-        let mut worker = start_worker(WORKER, settings).await.unwrap();
+        let worker = rig.test_worker("plc", Table::Modbus, &config).await;
         let before = read_acked(&acked).unwrap_or(0);
         wait_until(Duration::from_secs(30), || {
             read_acked(&acked).unwrap_or(0) > before + 2000
         })
         .await;
-        worker.kill().await;
+        rig.workers[worker].kill().await;
     }
-    let settings = uplink.grant("plc", Table::Modbus, &config).await.unwrap();
-    let mut worker = start_worker(WORKER, settings).await.unwrap();
+    rig.test_worker("plc", Table::Modbus, &config).await;
     assert!(
         wait_until(Duration::from_secs(60), || read_acked(&acked)
             == Some(30000))
         .await
     );
-    worker.kill().await;
-    uplink.process.kill().await;
+    rig.kill_all().await;
 
-    let spool = uplink.open_spool().unwrap();
+    let spool = rig.uplink.open_spool().unwrap();
     let rows = spool
         .read(Table::Modbus, None, usize::MAX, usize::MAX)
         .unwrap();
@@ -90,17 +81,17 @@ async fn a_restarted_worker_resumes_after_the_last_durable_seq() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_with_a_wrong_token_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut uplink = Uplink::start(uplink_settings(dir.path())).await.unwrap();
-    let mut settings = uplink
+    let mut rig = Rig::builder().offline().start().await;
+    let mut settings = rig
+        .uplink
         .grant("line1", Table::Mqtt, "count = 10\ntable = \"mqtt\"\n")
         .await
         .unwrap();
     settings.token = iot_connector_ipc::new_token();
-    let mut worker = start_worker(WORKER, settings).await.unwrap();
+    rig.workers
+        .push(start_worker(TEST_WORKER, settings).await.unwrap());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    worker.kill().await;
-    uplink.process.kill().await;
-    let spool = uplink.open_spool().unwrap();
+    rig.kill_all().await;
+    let spool = rig.uplink.open_spool().unwrap();
     assert_eq!(spool.last_seq("line1").unwrap(), None);
 }

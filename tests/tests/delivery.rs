@@ -2,22 +2,25 @@
 //! spool → Zerobus, with the faults the service really has.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should fail loudly
 
-use std::{collections::HashSet, path::Path, time::Duration};
-
-use iot_connector_proto::Table;
-use iot_connector_tests::{
-    TABLES, Uplink, read_acked, start_emulator, start_uplink_to, start_worker, uplink_settings,
-    wait_for_ids, wait_until, zerobus_settings,
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    time::Duration,
 };
 
-const WORKER: &str = "iot-connector-testworker";
+use iot_connector_proto::Table;
+use iot_connector_tests::{Rig, TABLES, read_acked, start_emulator, wait_for_ids, wait_until};
 const MQTT: &str = TABLES[1];
 
-fn worker_config(count: u64, acked: &Path) -> String {
-    format!(
+/// Starts the test worker as `line1`, pushing `count` MQTT records; returns its acked file.
+async fn start_line1(rig: &mut Rig, count: u64) -> PathBuf {
+    let acked = rig.dir.path().join("acked");
+    let config = format!(
         "count = {count}\ntable = \"mqtt\"\nacked_file = {:?}\n",
         acked.display().to_string()
-    )
+    );
+    rig.test_worker("line1", Table::Mqtt, &config).await;
+    acked
 }
 
 fn expected_ids(source: &str, count: u64) -> HashSet<String> {
@@ -34,20 +37,13 @@ fn spool_file_len(dir: &Path) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_run_delivers_every_record_and_drains_the_spool() {
-    let dir = tempfile::tempdir().unwrap();
-    let zerobus = start_emulator().await.unwrap();
-    let acked = dir.path().join("acked");
-    let mut uplink = start_uplink_to(&zerobus, dir.path()).await.unwrap();
-    let worker_settings = uplink
-        .grant("line1", Table::Mqtt, &worker_config(100_000, &acked))
-        .await
-        .unwrap();
-    let mut worker = start_worker(WORKER, worker_settings).await.unwrap();
+    let mut rig = Rig::start().await;
+    let acked = start_line1(&mut rig, 100_000).await;
 
     // The spool file's high-water mark, sampled while the records flow.
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let sampler = {
-        let (peak, spool_dir) = (std::sync::Arc::clone(&peak), dir.path().to_owned());
+        let (peak, spool_dir) = (std::sync::Arc::clone(&peak), rig.dir.path().to_owned());
         tokio::spawn(async move {
             loop {
                 peak.fetch_max(
@@ -58,7 +54,7 @@ async fn a_clean_run_delivers_every_record_and_drains_the_spool() {
             }
         })
     };
-    let state = zerobus.state().clone();
+    let state = rig.zerobus().state().clone();
     let expected = expected_ids("line1", 100_000);
     let ids = wait_for_ids(&state, MQTT, &expected, Duration::from_secs(120)).await;
     assert_eq!(ids, expected);
@@ -71,28 +67,21 @@ async fn a_clean_run_delivers_every_record_and_drains_the_spool() {
     sampler.abort();
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
-        wait_until(Duration::from_secs(30), || spool_file_len(dir.path())
+        wait_until(Duration::from_secs(30), || spool_file_len(rig.dir.path())
             < peak / 2)
         .await,
         "the drained spool did not give disk back: {} bytes of a {peak}-byte peak",
-        spool_file_len(dir.path())
+        spool_file_len(rig.dir.path())
     );
-    worker.kill().await;
-    uplink.process.kill().await;
+    rig.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_of_zerobus_fills_the_spool_and_drains_when_it_returns() {
-    let dir = tempfile::tempdir().unwrap();
     let zerobus = start_emulator().await.unwrap();
     zerobus.faults().update(|f| f.down = true);
-    let acked = dir.path().join("acked");
-    let mut uplink = start_uplink_to(&zerobus, dir.path()).await.unwrap();
-    let worker_settings = uplink
-        .grant("line1", Table::Mqtt, &worker_config(20_000, &acked))
-        .await
-        .unwrap();
-    let mut worker = start_worker(WORKER, worker_settings).await.unwrap();
+    let mut rig = Rig::builder().emulator(zerobus).start().await;
+    let acked = start_line1(&mut rig, 20_000).await;
 
     // The worker keeps being acknowledged while Zerobus is down: the spool holds everything.
     assert!(
@@ -101,10 +90,10 @@ async fn an_outage_of_zerobus_fills_the_spool_and_drains_when_it_returns() {
         .await
     );
     tokio::time::sleep(Duration::from_secs(30)).await;
-    assert_eq!(zerobus.state().row_count(MQTT), 0);
+    assert_eq!(rig.zerobus().state().row_count(MQTT), 0);
 
-    zerobus.faults().update(|f| f.down = false);
-    let state = zerobus.state().clone();
+    rig.zerobus().faults().update(|f| f.down = false);
+    let state = rig.zerobus().state().clone();
     assert!(
         state
             .wait_until(Duration::from_secs(90), |s| s.row_count(MQTT) >= 20_000)
@@ -114,27 +103,15 @@ async fn an_outage_of_zerobus_fills_the_spool_and_drains_when_it_returns() {
     );
     let ids: HashSet<String> = state.record_ids(MQTT).into_iter().collect();
     assert_eq!(ids, expected_ids("line1", 20_000));
-    worker.kill().await;
-    uplink.process.kill().await;
+    rig.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_credentials_keep_data_in_the_spool_and_retry_slowly() {
-    let dir = tempfile::tempdir().unwrap();
     let zerobus = start_emulator().await.unwrap();
     zerobus.faults().update(|f| f.oauth_status = Some(401));
-    let acked = dir.path().join("acked");
-    let log = dir.path().join("uplink.log");
-    let mut settings = uplink_settings(dir.path());
-    settings.zerobus = Some(zerobus_settings(&zerobus));
-    let mut uplink = Uplink::start_logging_to(settings, Some(&log))
-        .await
-        .unwrap();
-    let worker_settings = uplink
-        .grant("line1", Table::Mqtt, &worker_config(5_000, &acked))
-        .await
-        .unwrap();
-    let mut worker = start_worker(WORKER, worker_settings).await.unwrap();
+    let mut rig = Rig::builder().emulator(zerobus).log_uplink().start().await;
+    let acked = start_line1(&mut rig, 5_000).await;
 
     assert!(
         wait_until(Duration::from_secs(30), || read_acked(&acked)
@@ -142,22 +119,22 @@ async fn refused_credentials_keep_data_in_the_spool_and_retry_slowly() {
         .await
     );
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let state = zerobus.state().clone();
+    let state = rig.zerobus().state().clone();
     assert_eq!(state.row_count(MQTT), 0);
     // Slow retries: a hot loop would have made hundreds of token requests by now.
     let calls = state.oauth_calls();
     assert!((1..=6).contains(&calls), "{calls} token requests in 8 s");
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = std::fs::read_to_string(rig.uplink_log()).unwrap();
     let alert = text
         .lines()
         .find(|l| l.contains("ERROR") && l.contains("refused the credentials"));
     let alert = alert.expect("an ERROR line about the refused credentials");
     assert!(
-        alert.contains("test-principal") && alert.contains(zerobus.oauth_url()),
+        alert.contains("test-principal") && alert.contains(rig.zerobus().oauth_url()),
         "{alert}"
     );
 
-    zerobus.faults().update(|f| f.oauth_status = None);
+    rig.zerobus().faults().update(|f| f.oauth_status = None);
     assert!(
         state
             .wait_until(Duration::from_secs(60), |s| s.row_count(MQTT) >= 5_000)
@@ -165,27 +142,20 @@ async fn refused_credentials_keep_data_in_the_spool_and_retry_slowly() {
         "delivery did not resume: {} rows",
         state.row_count(MQTT)
     );
-    worker.kill().await;
-    uplink.process.kill().await;
+    rig.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_record_is_dead_lettered_and_every_other_record_lands() {
-    let dir = tempfile::tempdir().unwrap();
     let zerobus = start_emulator().await.unwrap();
     let poison = "test-connector/line1/1234".to_owned();
     zerobus
         .faults()
         .update(|f| f.poison_record_id = Some(poison.clone()));
-    let acked = dir.path().join("acked");
-    let mut uplink = start_uplink_to(&zerobus, dir.path()).await.unwrap();
-    let worker_settings = uplink
-        .grant("line1", Table::Mqtt, &worker_config(5_000, &acked))
-        .await
-        .unwrap();
-    let mut worker = start_worker(WORKER, worker_settings).await.unwrap();
+    let mut rig = Rig::builder().emulator(zerobus).start().await;
+    start_line1(&mut rig, 5_000).await;
 
-    let state = zerobus.state().clone();
+    let state = rig.zerobus().state().clone();
     let mut expected = expected_ids("line1", 5_000);
     expected.remove(&poison);
     let ids = wait_for_ids(&state, MQTT, &expected, Duration::from_secs(90)).await;
@@ -202,10 +172,9 @@ async fn a_poison_record_is_dead_lettered_and_every_other_record_lands() {
     assert_eq!(row["count"], 1);
     assert_eq!(row["source_name"], "_uplink");
     assert!(row["detail"].as_str().unwrap().contains(&poison), "{row}");
-    worker.kill().await;
-    uplink.process.kill().await;
+    rig.kill_all().await;
 
-    let dead = uplink.open_spool().unwrap().dead_letters().unwrap();
+    let dead = rig.uplink.open_spool().unwrap().dead_letters().unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     let row = <iot_connector_proto::table::bronze::MqttEvent as prost::Message>::decode(
         dead[0].row.as_slice(),
@@ -223,22 +192,15 @@ async fn a_poison_record_is_dead_lettered_and_every_other_record_lands() {
 async fn killing_the_uplink_at_random_moments_loses_no_acknowledged_record() {
     const COUNT: u64 = 200_000;
     const KILLS: u64 = 20;
-    let dir = tempfile::tempdir().unwrap();
-    let zerobus = start_emulator().await.unwrap();
-    let acked = dir.path().join("acked");
-    let mut uplink = start_uplink_to(&zerobus, dir.path()).await.unwrap();
-    let worker_settings = uplink
-        .grant("line1", Table::Mqtt, &worker_config(COUNT, &acked))
-        .await
-        .unwrap();
-    let mut worker = start_worker(WORKER, worker_settings).await.unwrap();
+    let mut rig = Rig::start().await;
+    let acked = start_line1(&mut rig, COUNT).await;
 
     let mut acked_before_kill = Vec::new();
     for _ in 0..KILLS {
         tokio::time::sleep(Duration::from_millis(rand::random_range(20..300))).await;
         acked_before_kill.push(read_acked(&acked).unwrap_or(0));
         // A restart that fails to reopen the spool fails here.
-        uplink.kill_and_restart().await.unwrap();
+        rig.uplink.kill_and_restart().await.unwrap();
     }
     assert!(
         wait_until(Duration::from_secs(120), || read_acked(&acked)
@@ -247,7 +209,7 @@ async fn killing_the_uplink_at_random_moments_loses_no_acknowledged_record() {
         "the worker stalled at {:?}",
         read_acked(&acked)
     );
-    let state = zerobus.state().clone();
+    let state = rig.zerobus().state().clone();
     let expected = expected_ids("line1", COUNT);
     let ids = wait_for_ids(&state, MQTT, &expected, Duration::from_secs(120)).await;
     assert_eq!(ids, expected, "every acknowledged record arrived");
@@ -262,34 +224,31 @@ async fn killing_the_uplink_at_random_moments_loses_no_acknowledged_record() {
         duplicates <= (KILLS + 1) * 16 * 2000,
         "{duplicates} duplicates"
     );
-    worker.kill().await;
-    uplink.process.kill().await;
+    rig.stop().await;
 }
 
 /// Runs a worker of `count` records into a spool of `max_bytes` under `policy`, with Zerobus
-/// unreachable, and returns the spool afterwards.
+/// unreachable, and stops it; returns the rig, whose spool can then be opened, and the last
+/// acknowledged sequence number.
 async fn fill_spool(
-    dir: &Path,
     policy: iot_connector_proto::SpoolPolicy,
     max_bytes: u64,
     count: u64,
     settle: Duration,
-) -> (iot_connector_uplink::spool::Spool, Option<u64>) {
-    let acked = dir.join("acked");
-    let mut settings = uplink_settings(dir);
-    settings.full_policy = policy;
-    settings.max_bytes = max_bytes;
-    let mut uplink = Uplink::start(settings).await.unwrap();
-    let worker_settings = uplink
-        .grant("line1", Table::Mqtt, &worker_config(count, &acked))
-        .await
-        .unwrap();
-    let mut worker = start_worker(WORKER, worker_settings).await.unwrap();
+) -> (Rig, Option<u64>) {
+    let mut rig = Rig::builder()
+        .offline()
+        .uplink_settings(move |settings| {
+            settings.full_policy = policy;
+            settings.max_bytes = max_bytes;
+        })
+        .start()
+        .await;
+    let acked = start_line1(&mut rig, count).await;
     wait_until(settle, || read_acked(&acked) == Some(count)).await;
     let last_acked = read_acked(&acked);
-    worker.kill().await;
-    uplink.process.kill().await;
-    (uplink.open_spool().unwrap(), last_acked)
+    rig.kill_all().await;
+    (rig, last_acked)
 }
 
 /// The data rows and the policy drops the status rows report.
@@ -314,9 +273,8 @@ fn rows_and_reported_drops(spool: &iot_connector_uplink::spool::Spool) -> (u64, 
 /// never stalled and that every record is either kept or counted in a status row, and returns
 /// the kept records with the spool bytes they take.
 async fn kept_under(policy: iot_connector_proto::SpoolPolicy) -> (Vec<i64>, usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let (spool, acked) =
-        fill_spool(dir.path(), policy, 200_000, 5_000, Duration::from_secs(30)).await;
+    let (rig, acked) = fill_spool(policy, 200_000, 5_000, Duration::from_secs(30)).await;
+    let spool = rig.uplink.open_spool().unwrap();
     assert_eq!(acked, Some(5_000), "{policy:?} never stalls the source");
     let (data, dropped) = rows_and_reported_drops(&spool);
     assert!(data < 5_000 && data > 0);
@@ -365,15 +323,14 @@ async fn a_full_spool_under_drop_oldest_keeps_the_newest_and_counts_every_drop()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_under_block_stops_acknowledging_and_drops_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let (spool, acked) = fill_spool(
-        dir.path(),
+    let (rig, acked) = fill_spool(
         iot_connector_proto::SpoolPolicy::Block,
         200_000,
         5_000,
         Duration::from_secs(5),
     )
     .await;
+    let spool = rig.uplink.open_spool().unwrap();
     let acked = acked.unwrap_or(0);
     assert!(
         acked < 5_000,
@@ -390,7 +347,6 @@ async fn a_full_spool_under_block_stops_acknowledging_and_drops_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_stream_rotation_is_normal_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
     let zerobus = start_emulator().await.unwrap();
     zerobus.faults().update(|f| {
         f.rotate_stream = Some(iot_connector_sim_zerobus::RotateStream {
@@ -398,25 +354,15 @@ async fn server_stream_rotation_is_normal_and_loses_nothing() {
             close_after: Duration::from_millis(300),
         });
     });
-    let acked = dir.path().join("acked");
-    let log = dir.path().join("uplink.log");
-    let mut settings = uplink_settings(dir.path());
-    settings.zerobus = Some(zerobus_settings(&zerobus));
-    let mut uplink = Uplink::start_logging_to(settings, Some(&log))
-        .await
-        .unwrap();
-    let worker_settings = uplink
-        .grant("line1", Table::Mqtt, &worker_config(30_000, &acked))
-        .await
-        .unwrap();
-    let mut worker = start_worker(WORKER, worker_settings).await.unwrap();
+    let mut rig = Rig::builder().emulator(zerobus).log_uplink().start().await;
+    start_line1(&mut rig, 30_000).await;
 
-    let state = zerobus.state().clone();
+    let state = rig.zerobus().state().clone();
     let expected = expected_ids("line1", 30_000);
     let ids = wait_for_ids(&state, MQTT, &expected, Duration::from_secs(60)).await;
     assert_eq!(ids, expected);
     assert!(state.streams_opened() >= 2, "the server rotated the stream");
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = std::fs::read_to_string(rig.uplink_log()).unwrap();
     // The SDK may log the server's graceful close its own way; the uplink itself must neither
     // warn nor replay.
     assert!(
@@ -426,8 +372,7 @@ async fn server_stream_rotation_is_normal_and_loses_nothing() {
                 && (l.contains("ERROR") || l.contains("WARN"))),
         "rotation must not look like a failure:\n{text}"
     );
-    worker.kill().await;
-    uplink.process.kill().await;
+    rig.stop().await;
 }
 
 /// A minimal HTTP CONNECT proxy on loopback that counts the tunnels it opened.
@@ -475,27 +420,25 @@ async fn connect_proxy() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_proxy_carries_both_the_token_request_and_the_stream() {
-    let dir = tempfile::tempdir().unwrap();
     let zerobus = start_emulator().await.unwrap();
     let (proxy, tunnels) = connect_proxy().await;
-    let acked = dir.path().join("acked");
-    let mut settings = uplink_settings(dir.path());
-    let mut zerobus_config = zerobus_settings(&zerobus);
-    zerobus_config.proxy = Some(proxy);
-    settings.zerobus = Some(zerobus_config);
-    let mut uplink = Uplink::start(settings).await.unwrap();
-    let worker_settings = uplink
-        .grant("line1", Table::Mqtt, &worker_config(2_000, &acked))
-        .await
-        .unwrap();
-    let mut worker = start_worker(WORKER, worker_settings).await.unwrap();
+    let mut rig = Rig::builder()
+        .emulator(zerobus)
+        .uplink_settings(|settings| {
+            if let Some(zerobus) = settings.zerobus.as_mut() {
+                zerobus.proxy = Some(proxy);
+            }
+        })
+        .start()
+        .await;
+    start_line1(&mut rig, 2_000).await;
 
     let expected = expected_ids("line1", 2_000);
-    let ids = wait_for_ids(zerobus.state(), MQTT, &expected, Duration::from_secs(60)).await;
+    let state = rig.zerobus().state();
+    let ids = wait_for_ids(state, MQTT, &expected, Duration::from_secs(60)).await;
     assert_eq!(ids, expected);
     // One tunnel for the OAuth token, at least one for the gRPC stream.
     let opened = tunnels.load(std::sync::atomic::Ordering::SeqCst);
     assert!(opened >= 2, "{opened} tunnels through the proxy");
-    worker.kill().await;
-    uplink.process.kill().await;
+    rig.stop().await;
 }

@@ -3,7 +3,12 @@
 
 use std::{path::Path, process::Stdio, time::Duration};
 
-use iot_connector_tests::{bin, http_get, wait_until};
+use iot_connector_tests::{
+    bin,
+    connector::{kill, status_of},
+    free_port, http_get, wait_until,
+};
+use nix::sys::signal::Signal;
 
 fn lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
@@ -13,29 +18,10 @@ fn lines(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn status(config: &Path) -> Vec<serde_json::Value> {
-    let output = std::process::Command::new(bin("iot-connector"))
-        .args(["status", "--json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_fills_every_table_survives_a_killed_worker_and_stops_cleanly() {
     let cwd = tempfile::tempdir().unwrap();
-    let http = format!(
-        "127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    );
+    let http = format!("127.0.0.1:{}", free_port());
     let mut demo = tokio::process::Command::new(bin("iot-connector"))
         .arg("demo")
         .current_dir(cwd.path())
@@ -145,17 +131,14 @@ async fn the_demo_fills_every_table_survives_a_killed_worker_and_stops_cleanly()
     );
 
     let config = cwd.path().join("demo/config.toml");
-    let before = status(&config)
+    let before = status_of(&config)
         .into_iter()
         .find(|p| p["name"] == "boiler_plc")
         .unwrap();
     let pid = i32::try_from(before["pid"].as_i64().unwrap()).unwrap();
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    kill(pid, Signal::SIGKILL);
     assert!(
-        wait_until(Duration::from_secs(20), || status(&config).iter().any(
+        wait_until(Duration::from_secs(20), || status_of(&config).iter().any(
             |p| p["name"] == "boiler_plc" && p["restarts"] == 1 && p["state"] == "connected"
         ))
         .await
@@ -181,10 +164,7 @@ async fn the_demo_fills_every_table_survives_a_killed_worker_and_stops_cleanly()
         tokio::time::sleep(Duration::from_secs(20) - ran).await;
     }
     let demo_pid = i32::try_from(demo.id().unwrap()).unwrap();
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(demo_pid),
-        nix::sys::signal::Signal::SIGINT,
-    );
+    kill(demo_pid, Signal::SIGINT);
     let exit = tokio::time::timeout(Duration::from_secs(40), demo.wait())
         .await
         .unwrap()

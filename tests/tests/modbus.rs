@@ -19,10 +19,8 @@ use std::{
 use iot_connector_config::{ByteOrder, DataType, ModbusRegister, ModbusSource, RegisterKind};
 use iot_connector_proto::Table;
 use iot_connector_runtime::now_us;
-use iot_connector_sim_zerobus::Emulator;
 use iot_connector_tests::{
-    Process, TABLES, Uplink, of_source, start_emulator, start_uplink_to, start_worker,
-    uplink_settings, wait_until,
+    Rig, TABLES, base64, free_port, of_source, proc_status_kib, rig::event_names, wait_until,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::Value as Json;
@@ -33,7 +31,6 @@ use tokio::{
 };
 use tokio_modbus_server::{ExceptionCode, Request, Response, SlaveRequest, server};
 
-const WORKER: &str = "iot-connector-modbus";
 const MODBUS: &str = TABLES[2];
 const STATUS: &str = TABLES[3];
 
@@ -336,113 +333,37 @@ fn serve_rtu(path: &Path, device: Arc<Device>) -> JoinHandle<()> {
     })
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 // ---------------------------------------------------------------------------------------------
-// The connector side: uplink, Zerobus emulator, workers, and the rows they produced.
+// The connector side: the shared rig, and the Modbus rows it collects.
 
-struct Rig {
-    dir: tempfile::TempDir,
-    zerobus: Emulator,
-    uplink: Uplink,
-    workers: Vec<Process>,
+/// Starts a Modbus worker for `source`; returns its index in `rig.workers`.
+async fn start_worker_for(rig: &mut Rig, source: &ModbusSource) -> usize {
+    let config = toml::to_string(source).unwrap();
+    rig.worker(&source.name, Table::Modbus, &config).await
 }
 
-impl Rig {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let zerobus = start_emulator().await.unwrap();
-        let uplink = start_uplink_to(&zerobus, dir.path()).await.unwrap();
-        Self {
-            dir,
-            zerobus,
-            uplink,
-            workers: Vec::new(),
+/// The rows of each tag of `source`, once every tag has at least `n` rows.
+async fn wait_for_tags(
+    rig: &Rig,
+    source: &str,
+    tags: usize,
+    n: usize,
+    timeout: Duration,
+) -> BTreeMap<String, Vec<Json>> {
+    let complete = |rows: &[Json]| {
+        let mut per_tag: BTreeMap<&str, usize> = BTreeMap::new();
+        for row in rows {
+            *per_tag
+                .entry(row["tag_name"].as_str().unwrap_or_default())
+                .or_default() += 1;
         }
-    }
-
-    /// Starts a worker for `source`; returns its index in `workers`.
-    async fn worker(&mut self, source: &ModbusSource) -> usize {
-        let config = toml::to_string(source).unwrap();
-        let settings = self
-            .uplink
-            .grant(&source.name, Table::Modbus, &config)
-            .await
-            .unwrap();
-        self.workers
-            .push(start_worker(WORKER, settings).await.unwrap());
-        self.workers.len() - 1
-    }
-
-    fn rows(&self, source: &str) -> Vec<Json> {
-        of_source(self.zerobus.state().rows(MODBUS), source)
-    }
-
-    fn status(&self, source: &str) -> Vec<Json> {
-        of_source(self.zerobus.state().rows(STATUS), source)
-    }
-
-    /// The rows of each tag of `source`, once every tag has at least `n` rows.
-    async fn wait_for_tags(
-        &self,
-        source: &str,
-        tags: usize,
-        n: usize,
-        timeout: Duration,
-    ) -> BTreeMap<String, Vec<Json>> {
-        let state = self.zerobus.state().clone();
-        let complete = |rows: &BTreeMap<String, Vec<Json>>| {
-            rows.len() >= tags && rows.values().all(|r| r.len() >= n)
-        };
-        let arrived = state
-            .wait_until(timeout, |s| {
-                complete(&by_tag(of_source(s.rows(MODBUS), source)))
-            })
-            .await;
-        let rows = by_tag(self.rows(source));
-        assert!(
-            arrived,
-            "{source}: {} of {tags} tags have {n} rows within {timeout:?}: {:?}",
-            rows.values().filter(|r| r.len() >= n).count(),
-            rows.keys().collect::<Vec<_>>()
-        );
-        rows
-    }
-
-    /// The status events of `source` once there are at least `n` (the status table is its own
-    /// stream: its rows may arrive after later data rows).
-    async fn wait_for_events(&self, source: &str, n: usize) -> Vec<String> {
-        let state = self.zerobus.state().clone();
-        let arrived = state
-            .wait_until(Duration::from_secs(60), |s| {
-                of_source(s.rows(STATUS), source).len() >= n
-            })
-            .await;
-        let events = events(&self.status(source));
-        assert!(arrived, "{source}: status events {events:?}");
-        events
-    }
-
-    /// Whether every worker still runs.
-    fn workers_alive(&mut self) -> bool {
-        self.workers
-            .iter_mut()
-            .all(|w| matches!(w.child.try_wait(), Ok(None)))
-    }
-
-    async fn stop(mut self) {
-        for worker in &mut self.workers {
-            worker.kill().await;
-        }
-        self.uplink.process.kill().await;
-        drop(self.dir);
-    }
+        per_tag.len() >= tags && per_tag.values().all(|count| *count >= n)
+    };
+    let what = format!("{n} rows of each of {tags} tags");
+    let rows = rig
+        .wait_rows(Table::Modbus, source, &what, timeout, complete)
+        .await;
+    by_tag(rows)
 }
 
 fn by_tag(rows: Vec<Json>) -> BTreeMap<String, Vec<Json>> {
@@ -452,13 +373,6 @@ fn by_tag(rows: Vec<Json>) -> BTreeMap<String, Vec<Json>> {
         tags.entry(tag).or_default().push(row);
     }
     tags
-}
-
-fn events(status: &[Json]) -> Vec<String> {
-    status
-        .iter()
-        .map(|r| r["event"].as_str().unwrap_or_default().to_owned())
-        .collect()
 }
 
 fn source(name: &str, endpoint: &str, registers: Vec<ModbusRegister>) -> ModbusSource {
@@ -514,28 +428,6 @@ fn as_sent(be: &[u8], order: ByteOrder) -> Vec<u16> {
         words.iter_mut().for_each(|w| *w = w.swap_bytes());
     }
     words
-}
-
-/// Standard base64 with padding: how the emulator shows `BINARY` columns.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 fn raw_of(words: &[u16]) -> String {
@@ -765,12 +657,9 @@ async fn every_kind_type_and_byte_order_decodes_and_two_unit_ids_share_one_conne
     let server = TcpDevice::start(Arc::clone(&device)).await;
     let mut rig = Rig::start().await;
     let registers: Vec<ModbusRegister> = tags.iter().map(|(r, _, _)| r.clone()).collect();
-    rig.worker(&source("plc", &server.endpoint(), registers))
-        .await;
+    start_worker_for(&mut rig, &source("plc", &server.endpoint(), registers)).await;
 
-    let rows = rig
-        .wait_for_tags("plc", tags.len(), 1, Duration::from_secs(60))
-        .await;
+    let rows = wait_for_tags(&rig, "plc", tags.len(), 1, Duration::from_secs(60)).await;
     check_full_map(&rows, &tags);
     let first = &rows["h_float32_abcd"][0];
     assert_eq!(first["device"], server.endpoint());
@@ -783,7 +672,10 @@ async fn every_kind_type_and_byte_order_decodes_and_two_unit_ids_share_one_conne
     );
     // Unit ids 1 and 2 answered on one connection.
     assert_eq!(device.connections.load(Ordering::SeqCst), 1);
-    assert_eq!(rig.wait_for_events("plc", 1).await, ["connected"]);
+    assert_eq!(
+        rig.wait_events("plc", 1, Duration::from_secs(60)).await,
+        ["connected"]
+    );
     rig.stop().await;
 }
 
@@ -875,11 +767,9 @@ async fn two_hundred_scattered_registers_are_read_with_the_fewest_requests_the_r
     let mut config = source("scattered", &server.endpoint(), registers);
     // One scan only in this test.
     config.poll_interval_ms = 600_000;
-    rig.worker(&config).await;
+    start_worker_for(&mut rig, &config).await;
 
-    let rows = rig
-        .wait_for_tags("scattered", 200, 1, Duration::from_secs(60))
-        .await;
+    let rows = wait_for_tags(&rig, "scattered", 200, 1, Duration::from_secs(60)).await;
     assert!(rows.values().flatten().all(|r| r["quality"] == "good"));
     assert_eq!(device.requests(), expected_requests);
     // Far fewer than one request per register.
@@ -927,11 +817,9 @@ async fn a_device_that_rejects_long_reads_and_holes_still_gets_every_register_af
     let mut rig = Rig::start().await;
     let mut config = source("picky", &server.endpoint(), registers);
     config.poll_interval_ms = 500;
-    rig.worker(&config).await;
+    start_worker_for(&mut rig, &config).await;
 
-    let rows = rig
-        .wait_for_tags("picky", 30, 1, Duration::from_secs(60))
-        .await;
+    let rows = wait_for_tags(&rig, "picky", 30, 1, Duration::from_secs(60)).await;
     for (name, expect) in &expected {
         check_value(&rows[name][0], expect);
     }
@@ -942,17 +830,19 @@ async fn a_device_that_rejects_long_reads_and_holes_still_gets_every_register_af
     // The splits are remembered: later scans raise no exceptions, and every tag keeps coming.
     let exceptions = device.exceptions();
     let requests = device.requests();
-    rig.wait_for_tags("picky", 30, 4, Duration::from_secs(60))
-        .await;
+    wait_for_tags(&rig, "picky", 30, 4, Duration::from_secs(60)).await;
     assert_eq!(device.exceptions(), exceptions);
     assert!(device.requests() > requests);
-    let rows = by_tag(rig.rows("picky"));
+    let rows = by_tag(rig.rows(Table::Modbus, "picky"));
     for (name, expect) in &expected {
         for row in &rows[name] {
             check_value(row, expect);
         }
     }
-    assert_eq!(rig.wait_for_events("picky", 1).await, ["connected"]);
+    assert_eq!(
+        rig.wait_events("picky", 1, Duration::from_secs(60)).await,
+        ["connected"]
+    );
     rig.stop().await;
 }
 
@@ -979,20 +869,26 @@ async fn rtu_over_a_pty_pair_and_rtu_over_tcp_read_the_same_values_as_tcp() {
     let _bridge_server = serve_rtu(&bridge_pty, Arc::clone(&device));
 
     let mut rig = Rig::start().await;
-    rig.worker(&source("over_tcp", &tcp.endpoint(), registers.clone()))
-        .await;
+    start_worker_for(
+        &mut rig,
+        &source("over_tcp", &tcp.endpoint(), registers.clone()),
+    )
+    .await;
     let mut rtu = source(
         "over_rtu",
         &format!("rtu://{}", worker_end.display()),
         registers.clone(),
     );
     rtu.baud_rate = Some(115_200);
-    rig.worker(&rtu).await;
-    rig.worker(&source(
-        "over_rtu_tcp",
-        &format!("rtu+tcp://127.0.0.1:{port}"),
-        registers,
-    ))
+    start_worker_for(&mut rig, &rtu).await;
+    start_worker_for(
+        &mut rig,
+        &source(
+            "over_rtu_tcp",
+            &format!("rtu+tcp://127.0.0.1:{port}"),
+            registers,
+        ),
+    )
     .await;
 
     let columns = |rows: BTreeMap<String, Vec<Json>>| -> BTreeMap<String, Vec<Json>> {
@@ -1017,23 +913,18 @@ async fn rtu_over_a_pty_pair_and_rtu_over_tcp_read_the_same_values_as_tcp() {
             })
             .collect()
     };
-    let over_tcp = rig
-        .wait_for_tags("over_tcp", tags.len(), 1, Duration::from_secs(60))
-        .await;
+    let over_tcp = wait_for_tags(&rig, "over_tcp", tags.len(), 1, Duration::from_secs(60)).await;
     check_full_map(&over_tcp, &tags);
-    let over_rtu = rig
-        .wait_for_tags("over_rtu", tags.len(), 1, Duration::from_secs(60))
-        .await;
+    let over_rtu = wait_for_tags(&rig, "over_rtu", tags.len(), 1, Duration::from_secs(60)).await;
     check_full_map(&over_rtu, &tags);
-    let over_rtu_tcp = rig
-        .wait_for_tags("over_rtu_tcp", tags.len(), 1, Duration::from_secs(60))
-        .await;
+    let over_rtu_tcp =
+        wait_for_tags(&rig, "over_rtu_tcp", tags.len(), 1, Duration::from_secs(60)).await;
     check_full_map(&over_rtu_tcp, &tags);
     let tcp_columns = columns(over_tcp);
     assert_eq!(columns(over_rtu), tcp_columns);
     assert_eq!(columns(over_rtu_tcp), tcp_columns);
     assert_eq!(
-        rig.rows("over_rtu")[0]["device"],
+        rig.rows(Table::Modbus, "over_rtu")[0]["device"],
         format!("rtu://{}", worker_end.display())
     );
     rig.stop().await;
@@ -1072,12 +963,10 @@ async fn a_device_that_vanishes_for_10_s_is_reconnected_with_backoff_and_others_
         );
         config.poll_interval_ms = 200;
         config.timeout_ms = 500;
-        rig.worker(&config).await;
+        start_worker_for(&mut rig, &config).await;
     }
-    rig.wait_for_tags("flaky", 1, 3, Duration::from_secs(60))
-        .await;
-    rig.wait_for_tags("steady", 1, 3, Duration::from_secs(60))
-        .await;
+    wait_for_tags(&rig, "flaky", 1, 3, Duration::from_secs(60)).await;
+    wait_for_tags(&rig, "steady", 1, 3, Duration::from_secs(60)).await;
 
     flaky.stop().await;
     let gone = now_us();
@@ -1085,10 +974,10 @@ async fn a_device_that_vanishes_for_10_s_is_reconnected_with_backoff_and_others_
     let back = now_us();
     flaky.restart().await;
 
-    let state = rig.zerobus.state().clone();
+    let state = rig.zerobus().state().clone();
     let reconnected = state
         .wait_until(Duration::from_secs(60), |s| {
-            events(&of_source(s.rows(STATUS), "flaky"))
+            event_names(&of_source(s.rows(STATUS), "flaky"))
                 == ["connected", "disconnected", "connected"]
         })
         .await;
@@ -1116,9 +1005,12 @@ async fn a_device_that_vanishes_for_10_s_is_reconnected_with_backoff_and_others_
     assert!(resumed);
     // Nothing crashed, and the other source never noticed.
     assert!(rig.workers_alive());
-    assert_eq!(rig.wait_for_events("steady", 1).await, ["connected"]);
+    assert_eq!(
+        rig.wait_events("steady", 1, Duration::from_secs(60)).await,
+        ["connected"]
+    );
     let during = rig
-        .rows("steady")
+        .rows(Table::Modbus, "steady")
         .iter()
         .filter(|r| {
             let t = r["event_time"].as_i64().unwrap();
@@ -1153,11 +1045,9 @@ async fn an_exception_on_one_register_makes_only_its_record_bad_and_keeps_the_co
     let mut rig = Rig::start().await;
     let mut config = source("partial", &server.endpoint(), registers);
     config.poll_interval_ms = 300;
-    rig.worker(&config).await;
+    start_worker_for(&mut rig, &config).await;
 
-    let rows = rig
-        .wait_for_tags("partial", 11, 3, Duration::from_secs(60))
-        .await;
+    let rows = wait_for_tags(&rig, "partial", 11, 3, Duration::from_secs(60)).await;
     for (tag, rows) in &rows {
         for row in rows {
             if tag == "r5" {
@@ -1172,7 +1062,10 @@ async fn an_exception_on_one_register_makes_only_its_record_bad_and_keeps_the_co
     }
     // The connection stayed up throughout.
     assert_eq!(device.connections.load(Ordering::SeqCst), 1);
-    assert_eq!(rig.wait_for_events("partial", 1).await, ["connected"]);
+    assert_eq!(
+        rig.wait_events("partial", 1, Duration::from_secs(60)).await,
+        ["connected"]
+    );
     rig.stop().await;
 }
 
@@ -1190,11 +1083,9 @@ async fn a_constant_value_is_sent_every_heartbeat_and_a_change_beyond_the_deadba
     let mut rig = Rig::start().await;
     let mut config = source("rbe", &server.endpoint(), vec![steady, banded]);
     config.poll_interval_ms = 200;
-    rig.worker(&config).await;
+    start_worker_for(&mut rig, &config).await;
 
-    let rows = rig
-        .wait_for_tags("rbe", 2, 1, Duration::from_secs(60))
-        .await;
+    let rows = wait_for_tags(&rig, "rbe", 2, 1, Duration::from_secs(60)).await;
     let start = rows["steady"][0]["event_time"].as_i64().unwrap();
     // Within the deadband (3 < 5): suppressed. Beyond it (10 > 5): sent at once.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1205,7 +1096,7 @@ async fn a_constant_value_is_sent_every_heartbeat_and_a_change_beyond_the_deadba
 
     // Wait until the heartbeat after the 7 s window arrived, so the window is complete.
     let window_end = start + 7_000_000;
-    let state = rig.zerobus.state().clone();
+    let state = rig.zerobus().state().clone();
     assert!(
         state
             .wait_until(Duration::from_secs(60), |s| {
@@ -1215,7 +1106,7 @@ async fn a_constant_value_is_sent_every_heartbeat_and_a_change_beyond_the_deadba
             })
             .await
     );
-    let rows = by_tag(rig.rows("rbe"));
+    let rows = by_tag(rig.rows(Table::Modbus, "rbe"));
     let beats = rows["steady"]
         .iter()
         .filter(|r| r["event_time"].as_i64().unwrap() < window_end)
@@ -1256,9 +1147,9 @@ async fn a_device_slower_than_the_poll_interval_has_missed_scans_counted_not_que
         )],
     );
     config.poll_interval_ms = 100;
-    rig.worker(&config).await;
+    start_worker_for(&mut rig, &config).await;
 
-    let state = rig.zerobus.state().clone();
+    let state = rig.zerobus().state().clone();
     let gap_reported = state
         .wait_until(Duration::from_secs(60), |s| {
             of_source(s.rows(STATUS), "slow")
@@ -1295,7 +1186,7 @@ async fn a_device_slower_than_the_poll_interval_has_missed_scans_counted_not_que
             })
             .await
     );
-    let rows = rig.rows("slow");
+    let rows = rig.rows(Table::Modbus, "slow");
     let between = |from: i64, to: i64| {
         rows.iter()
             .filter(|r| {
@@ -1314,7 +1205,7 @@ async fn a_device_slower_than_the_poll_interval_has_missed_scans_counted_not_que
         (4..=16).contains(&first_fast_second),
         "{first_fast_second} records in the first second at 100 ms"
     );
-    let events = rig.wait_for_events("slow", 2).await;
+    let events = rig.wait_events("slow", 2, Duration::from_secs(60)).await;
     assert_eq!(events[0], "connected");
     assert!(!events.contains(&"disconnected".to_owned()), "{events:?}");
     rig.stop().await;
@@ -1424,7 +1315,7 @@ async fn malformed_answers_never_panic_the_worker() {
     );
     config.poll_interval_ms = 50;
     config.timeout_ms = 300;
-    rig.worker(&config).await;
+    start_worker_for(&mut rig, &config).await;
 
     let enough = wait_until(Duration::from_secs(90), || {
         answered.load(Ordering::SeqCst) >= 100
@@ -1438,7 +1329,7 @@ async fn malformed_answers_never_panic_the_worker() {
     assert!(rig.workers_alive(), "the worker died on a malformed answer");
     // Malformed answers that kept the conversation in step became bad records; the correct
     // ones good records.
-    let state = rig.zerobus.state().clone();
+    let state = rig.zerobus().state().clone();
     assert!(
         state
             .wait_until(Duration::from_secs(30), |s| {
@@ -1452,7 +1343,7 @@ async fn malformed_answers_never_panic_the_worker() {
     assert!(
         state
             .wait_until(Duration::from_secs(30), |s| {
-                events(&of_source(s.rows(STATUS), "liar")).contains(&"disconnected".to_owned())
+                event_names(&of_source(s.rows(STATUS), "liar")).contains(&"disconnected".to_owned())
             })
             .await
     );
@@ -1460,41 +1351,48 @@ async fn malformed_answers_never_panic_the_worker() {
     rig.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_invalid_register_map_stops_the_worker_with_the_config_exit_status() {
-    let mut rig = Rig::start().await;
+/// The register map's rules live in the configuration crate alone: a map the worker could not
+/// poll never reaches it, because `iot-connector check` (and `run`, and `reload`) refuse it
+/// with the configuration exit status and the line of each problem.
+#[test]
+fn an_invalid_register_map_is_refused_with_the_config_exit_status_before_any_worker_runs() {
     let mut bad = register("pump", 1, RegisterKind::Coil, 0, DataType::Float32);
     bad.deadband = Some(-1.0);
-    let config = source("broken", "tcp://127.0.0.1:1", vec![bad]);
-    let index = rig.worker(&config).await;
-    let status = tokio::time::timeout(Duration::from_secs(30), rig.workers[index].child.wait())
-        .await
-        .unwrap()
+    let source = source("broken", "tcp://127.0.0.1:1", vec![bad]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.toml");
+    let entry = toml::to_string(&source).unwrap();
+    let text = iot_connector_tests::connector::config_text(
+        dir.path(),
+        "127.0.0.1:8081",
+        &format!("[[sources]]\nprotocol = \"modbus\"\n{entry}"),
+    );
+    std::fs::write(&file, text).unwrap();
+    let output = std::process::Command::new(iot_connector_tests::bin("iot-connector"))
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
         .unwrap();
-    assert_eq!(status.code(), Some(78));
-    rig.workers.clear();
-    rig.stop().await;
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let prefix = format!("{}:", file.display());
+    assert!(
+        stderr.lines().count() >= 2 && stderr.lines().all(|l| l.starts_with(&prefix)),
+        "every problem (a coil is a bit, a negative deadband) as FILE:LINE: {stderr}"
+    );
 }
 
 /// Starts `iot-connector-modbus` for `registers` uint16 holding registers polled every
-/// `poll_interval_ms`, with `deadband`, against `server`, into `uplink`'s spool.
+/// `poll_interval_ms`, with `deadband`, against `server`, into the rig's spool; returns its index
+/// in `rig.workers`.
 async fn bench_worker(
-    uplink: &mut Uplink,
+    rig: &mut Rig,
     name: &str,
     server: &TcpDevice,
     registers: u16,
     poll_interval_ms: u64,
     deadband: Option<f64>,
-) -> Process {
+) -> usize {
     let registers = (0..registers)
         .map(|a| ModbusRegister {
             deadband,
@@ -1509,11 +1407,7 @@ async fn bench_worker(
         .collect();
     let mut config = source(name, &server.endpoint(), registers);
     config.poll_interval_ms = poll_interval_ms;
-    let settings = uplink
-        .grant(name, Table::Modbus, &toml::to_string(&config).unwrap())
-        .await
-        .unwrap();
-    start_worker(WORKER, settings).await.unwrap()
+    start_worker_for(rig, &config).await
 }
 
 /// Registers per second polled end to end into the spool over loopback, and the worker's RSS
@@ -1532,25 +1426,26 @@ async fn bench_registers_per_second_into_the_spool_and_rss_with_10000_registers(
         &(0..REGISTERS).collect::<Vec<_>>(),
     );
     let server = TcpDevice::start(Arc::clone(&device)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut uplink = Uplink::start(uplink_settings(dir.path())).await.unwrap();
+    let mut rig = Rig::builder().offline().start().await;
+    let rss_kib =
+        |rig: &Rig, worker: usize| proc_status_kib(rig.workers[worker].pid(), "VmRSS").unwrap();
 
     // Throughput: scans back to back (poll interval 1 ms).
-    let mut worker = bench_worker(&mut uplink, "bench", &server, REGISTERS, 1, None).await;
+    let worker = bench_worker(&mut rig, "bench", &server, REGISTERS, 1, None).await;
     let running = std::time::Instant::now();
     assert!(wait_until(Duration::from_secs(30), || device.requests() >= 80).await);
     let (requests, started) = (device.requests(), std::time::Instant::now());
     tokio::time::sleep(Duration::from_secs(SECONDS)).await;
     let elapsed = started.elapsed().as_secs_f64();
     let reads = device.requests() - requests;
-    let rss_hot = rss_kib(worker.pid());
-    worker.kill().await;
+    let rss_hot = rss_kib(&rig, worker);
+    rig.workers[worker].kill().await;
     let run_time = running.elapsed().as_secs_f64();
 
     // Memory at a realistic rate (every register once a second), and a one-register baseline.
     // Polling alone: the values never change and a zero deadband reports none of them again, so
     // the uplink does no work and the read rate is the worker's and the device's.
-    let mut polling = bench_worker(&mut uplink, "polling", &server, REGISTERS, 1, Some(0.0)).await;
+    let polling = bench_worker(&mut rig, "polling", &server, REGISTERS, 1, Some(0.0)).await;
     assert!(
         wait_until(Duration::from_secs(30), || device.requests()
             >= requests + reads + 80)
@@ -1560,17 +1455,15 @@ async fn bench_registers_per_second_into_the_spool_and_rss_with_10000_registers(
     tokio::time::sleep(Duration::from_secs(10)).await;
     let polling_reads = device.requests() - polled;
     let polling_elapsed = polling_started.elapsed().as_secs_f64();
-    polling.kill().await;
+    rig.workers[polling].kill().await;
 
-    let mut steady = bench_worker(&mut uplink, "steady", &server, REGISTERS, 1000, None).await;
-    let mut baseline = bench_worker(&mut uplink, "baseline", &server, 1, 1000, None).await;
+    let steady = bench_worker(&mut rig, "steady", &server, REGISTERS, 1000, None).await;
+    let baseline = bench_worker(&mut rig, "baseline", &server, 1, 1000, None).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let (rss_steady, rss_baseline) = (rss_kib(steady.pid()), rss_kib(baseline.pid()));
-    steady.kill().await;
-    baseline.kill().await;
-    uplink.process.kill().await;
+    let (rss_steady, rss_baseline) = (rss_kib(&rig, steady), rss_kib(&rig, baseline));
+    rig.kill_all().await;
 
-    let spool = uplink.open_spool().unwrap();
+    let spool = rig.uplink.open_spool().unwrap();
     let stored = spool.last_seq("bench").unwrap().unwrap_or(0);
     let target = 8 * 1024 + u64::from(REGISTERS);
     println!(

@@ -2,6 +2,7 @@
 //! directory), a test publisher, the real `iot-connector-mqtt` and `iot-connector-uplink`
 //! binaries, and the Zerobus emulator where the rows are checked.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should fail loudly
+#![allow(clippy::indexing_slicing)] // test code indexes the workers it started
 
 use std::{
     collections::{HashMap, HashSet},
@@ -14,17 +15,12 @@ use std::{
 };
 
 use iot_connector_proto::Table;
-use iot_connector_sim_zerobus::Emulator;
-use iot_connector_tests::{
-    Process, TABLES, Uplink, of_source, start_emulator, start_uplink_to, start_worker, wait_until,
-};
+use iot_connector_tests::{Rig, TABLES, base64, free_port, wait_until};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
-const WORKER: &str = "iot-connector-mqtt";
 const MQTT: &str = TABLES[1];
-const STATUS: &str = TABLES[3];
 const SOURCE: &str = "sensors";
 /// The worker's bound on QoS 1/2 messages received and not yet acknowledged (`MAX_UNACKED` in
 /// `workers/mqtt/src/session/client.rs`): a crash makes the broker redeliver at most these.
@@ -32,14 +28,6 @@ const WINDOW: usize = 4096;
 
 // ---------------------------------------------------------------------------------------------
 // mosquitto
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A mosquitto of this test: config and persistence under `dir`, killed when dropped.
 struct Broker {
@@ -56,6 +44,29 @@ impl Broker {
             dir,
             port,
             &format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+        )
+        .await
+    }
+
+    /// A broker with one listener on a free port that admits only `user` with `password`.
+    async fn start_with_password(dir: &Path, user: &str, password: &str) -> Self {
+        std::fs::create_dir_all(dir.join("mosquitto")).unwrap();
+        let passwords = dir.join("mosquitto/passwd");
+        let made = std::process::Command::new("mosquitto_passwd")
+            .args(["-c", "-b"])
+            .arg(&passwords)
+            .args([user, password])
+            .status()
+            .expect("mosquitto_passwd comes with mosquitto");
+        assert!(made.success());
+        let port = free_port();
+        Self::start_with(
+            dir,
+            port,
+            &format!(
+                "allow_anonymous false\npassword_file {}\nlistener {port} 127.0.0.1\n",
+                passwords.display()
+            ),
         )
         .await
     }
@@ -101,10 +112,9 @@ impl Broker {
             .expect("mosquitto is installed (.ci/run installs it)");
         self.child = Some(child);
         let port = self.port;
-        let ready = wait_until_async(Duration::from_secs(10), || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
+        // A loopback connect is answered at once: blocking for it is fine.
+        let ready = wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         })
         .await;
         assert!(ready, "mosquitto did not listen on {port}: {}", self.log());
@@ -133,34 +143,6 @@ impl Broker {
     fn endpoint(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
-}
-
-async fn wait_until_async<F, Fut>(timeout: Duration, mut condition: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        if condition().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    condition().await
-}
-
-/// Polls `condition` every 200 ms (the emulator builds JSON rows on each query, so checking
-/// less often leaves the cores to the processes under test) until it holds or `timeout` passes.
-async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    condition()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -235,121 +217,96 @@ impl Drop for Publisher {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The connector: emulator, uplink, worker
+// The connector side: the shared rig, and the MQTT rows it collects
 
-struct Connector {
-    zerobus: Emulator,
-    uplink: Uplink,
+/// A rig whose waits look every 200 ms: the emulator builds JSON rows on each look, and a burst
+/// leaves tens of thousands of them, so looking less often leaves the cores to the processes
+/// under test.
+async fn start_rig() -> Rig {
+    Rig::builder()
+        .polling_every(Duration::from_millis(200))
+        .start()
+        .await
 }
 
-impl Connector {
-    async fn start(dir: &Path) -> Self {
-        let zerobus = start_emulator().await.unwrap();
-        let uplink = start_uplink_to(&zerobus, dir).await.unwrap();
-        Self { zerobus, uplink }
-    }
+/// Starts (or restarts, with a new grant) the worker with this source configuration; returns
+/// its index in `rig.workers`.
+async fn start_worker(rig: &mut Rig, config: &str) -> usize {
+    rig.worker(SOURCE, Table::Mqtt, config).await
+}
 
-    /// Starts (or restarts, with a new grant) the worker with this source configuration.
-    async fn worker(&mut self, config: &str) -> Process {
-        let settings = self
-            .uplink
-            .grant(SOURCE, Table::Mqtt, config)
-            .await
-            .unwrap();
-        start_worker(WORKER, settings).await.unwrap()
-    }
+fn rows(rig: &Rig) -> Vec<Value> {
+    rig.rows(Table::Mqtt, SOURCE)
+}
 
-    fn rows(&self) -> Vec<Value> {
-        self.zerobus.state().rows(MQTT)
-    }
+fn rows_on(rig: &Rig, topic: &str) -> Vec<Value> {
+    rows(rig)
+        .into_iter()
+        .filter(|r| text(r, "topic") == topic)
+        .collect()
+}
 
-    fn rows_on(&self, topic: &str) -> Vec<Value> {
-        self.rows()
-            .into_iter()
-            .filter(|r| text(r, "topic") == topic)
-            .collect()
-    }
+/// Waits until `topic` has at least `count` rows.
+async fn wait_rows_on(rig: &Rig, topic: &str, count: usize, timeout: Duration) {
+    let what = format!("{count} rows on {topic:?}");
+    rig.wait_rows(Table::Mqtt, SOURCE, &what, timeout, |rows| {
+        rows.iter().filter(|r| text(r, "topic") == topic).count() >= count
+    })
+    .await;
+}
 
-    fn status(&self) -> Vec<Value> {
-        of_source(self.zerobus.state().rows(STATUS), SOURCE)
-    }
-
-    /// Waits for a status row of `event` whose detail contains `needle`.
-    async fn wait_status(&self, event: &str, needle: &str, timeout: Duration) -> Value {
-        let found = || {
-            self.status()
-                .into_iter()
-                .find(|r| text(r, "event") == event && text(r, "detail").contains(needle))
-        };
-        assert!(
-            eventually(timeout, || found().is_some()).await,
-            "no {event:?} status row containing {needle:?}; status rows: {:#?}",
-            self.status()
-        );
-        found().unwrap()
-    }
-
-    /// Waits until `topic` has at least `count` rows.
-    async fn wait_rows_on(&self, topic: &str, count: usize, timeout: Duration) {
-        assert!(
-            eventually(timeout, || self.rows_on(topic).len() >= count).await,
-            "{} of {count} rows on {topic:?} arrived",
-            self.rows_on(topic).len()
-        );
-    }
-
-    /// Publishes `payload` on `topic` until a row for it arrives: a subscription the broker has
-    /// not processed yet drops the first messages.
-    async fn publish_until_delivered(&self, publisher: &Publisher, topic: &str) {
-        let mut delivered = false;
-        for i in 0..100 {
-            publisher
-                .publish(topic, QoS::AtLeastOnce, false, format!("{i}"))
-                .await;
-            delivered = eventually(Duration::from_millis(400), || {
-                !self.rows_on(topic).is_empty()
+/// Publishes on `topic` until a row for it arrives: a subscription the broker has not processed
+/// yet drops the first messages.
+async fn publish_until_delivered(rig: &Rig, publisher: &Publisher, topic: &str) {
+    let mut delivered = false;
+    for i in 0..100 {
+        publisher
+            .publish(topic, QoS::AtLeastOnce, false, format!("{i}"))
+            .await;
+        delivered = rig
+            .wait_until(Duration::from_millis(400), |_| {
+                !rows_on(rig, topic).is_empty()
             })
             .await;
-            if delivered {
-                break;
-            }
+        if delivered {
+            break;
         }
-        assert!(delivered, "nothing published on {topic:?} arrived");
     }
+    assert!(delivered, "nothing published on {topic:?} arrived");
+}
 
-    /// Waits until every payload in `expected` arrived as a text value; returns how many rows
-    /// carried one of them (duplicates included).
-    async fn wait_payloads(&self, expected: &HashSet<String>, timeout: Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let state = self.zerobus.state();
-            if state.row_count(MQTT) >= expected.len() {
-                let values: Vec<String> = state
-                    .rows(MQTT)
-                    .iter()
-                    .map(|r| text(r, "value_str").to_owned())
-                    .filter(|v| expected.contains(v))
-                    .collect();
-                let distinct: HashSet<&String> = values.iter().collect();
-                if distinct.len() == expected.len() {
-                    return values.len();
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{} of {} payloads arrived; first missing: {:?}",
-                    distinct.len(),
-                    expected.len(),
-                    expected.iter().filter(|e| !distinct.contains(e)).min()
-                );
+/// Waits until every payload in `expected` arrived as a text value; returns how many rows
+/// carried one of them (duplicates included).
+async fn wait_payloads(rig: &Rig, expected: &HashSet<String>, timeout: Duration) -> usize {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let state = rig.zerobus().state();
+        if state.row_count(MQTT) >= expected.len() {
+            let values: Vec<String> = state
+                .rows(MQTT)
+                .iter()
+                .map(|r| text(r, "value_str").to_owned())
+                .filter(|v| expected.contains(v))
+                .collect();
+            let distinct: HashSet<&String> = values.iter().collect();
+            if distinct.len() == expected.len() {
+                return values.len();
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "only {} rows arrived, {} expected",
-                state.row_count(MQTT),
-                expected.len()
+                "{} of {} payloads arrived; first missing: {:?}",
+                distinct.len(),
+                expected.len(),
+                expected.iter().filter(|e| !distinct.contains(e)).min()
             );
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} rows arrived, {} expected",
+            state.row_count(MQTT),
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -366,46 +323,11 @@ fn flag(row: &Value, column: &str) -> bool {
     row.get(column).and_then(Value::as_bool).unwrap_or(false)
 }
 
-/// Standard base64, as protobuf JSON writes `bytes` columns.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let symbol = |n: u32| {
-        ALPHABET
-            .chars()
-            .nth(usize::try_from(n & 63).unwrap())
-            .unwrap()
-    };
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let mut three = [0u8; 3];
-        three.iter_mut().zip(chunk).for_each(|(slot, b)| *slot = *b);
-        let [a, b, c] = three;
-        let n = (u32::from(a) << 16) | (u32::from(b) << 8) | u32::from(c);
-        for i in 0..4 {
-            out.push(if i <= chunk.len() {
-                symbol(n >> (18 - 6 * i))
-            } else {
-                '='
-            });
-        }
-    }
-    out
-}
-
 fn source_config(endpoint: &str, extra: &str, topics: &[&str]) -> String {
     format!(
         "name = \"{SOURCE}\"\nendpoint = \"{endpoint}\"\n{extra}\ntopics = [\n{}\n]\n",
         topics.join(",\n")
     )
-}
-
-fn still_running(worker: &mut Process) -> bool {
-    worker.child.try_wait().unwrap().is_none()
-}
-
-fn signal(process: &Process, signal: nix::sys::signal::Signal) {
-    let pid = nix::unistd::Pid::from_raw(process.pid() as i32);
-    nix::sys::signal::kill(pid, signal).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -422,7 +344,7 @@ async fn qos_0_1_and_2_over_wildcard_filters_arrive_with_their_columns() {
         .await;
     publisher.wait_done(1, Duration::from_secs(10)).await;
 
-    let mut connector = Connector::start(dir.path()).await;
+    let mut rig = start_rig().await;
     let config = source_config(
         &broker.endpoint(),
         "",
@@ -432,10 +354,8 @@ async fn qos_0_1_and_2_over_wildcard_filters_arrive_with_their_columns() {
             r#"{ filter = "raw/+/bytes/#", qos = 2, payload = "binary" }"#,
         ],
     );
-    let mut worker = connector.worker(&config).await;
-    connector
-        .wait_rows_on("line/4/state", 1, Duration::from_secs(30))
-        .await;
+    let worker = start_worker(&mut rig, &config).await;
+    wait_rows_on(&rig, "line/4/state", 1, Duration::from_secs(30)).await;
 
     publisher
         .publish(
@@ -477,14 +397,14 @@ async fn qos_0_1_and_2_over_wildcard_filters_arrive_with_their_columns() {
         .await;
     publisher.wait_done(8, Duration::from_secs(10)).await;
 
-    let state = connector.zerobus.state().clone();
     assert!(
-        eventually(Duration::from_secs(30), || state.row_count(MQTT) >= 6).await,
+        rig.wait_until(Duration::from_secs(30), |s| s.row_count(MQTT) >= 6)
+            .await,
         "rows: {:#?}",
-        connector.rows()
+        rows(&rig)
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rows = connector.rows();
+    let rows = rows(&rig);
     let topics: HashSet<&str> = rows.iter().map(|r| text(r, "topic")).collect();
     assert_eq!(
         topics,
@@ -542,15 +462,15 @@ async fn qos_0_1_and_2_over_wildcard_filters_arrive_with_their_columns() {
     assert_eq!(text(bytes, "payload"), base64(&[0, 1, 2, 255]));
     assert_eq!(text(bytes, "payload_format"), "binary");
 
-    let connected = connector
-        .wait_status("connected", "new session", Duration::from_secs(10))
+    let connected = rig
+        .wait_event(SOURCE, "connected", "new session", Duration::from_secs(10))
         .await;
     assert!(text(&connected, "detail").contains(&broker.endpoint()));
     assert!(
-        connector.status().iter().all(|r| text(r, "event") != "gap"),
+        rig.status(SOURCE).iter().all(|r| text(r, "event") != "gap"),
         "a brand-new source has no gap"
     );
-    assert!(still_running(&mut worker));
+    assert!(rig.alive(worker));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -572,16 +492,14 @@ async fn burst_with_a_crash(crash: Crash, version: &str) -> (usize, usize) {
         .publish("burst/probe", QoS::AtLeastOnce, true, "probe")
         .await;
     publisher.wait_done(1, Duration::from_secs(10)).await;
-    let mut connector = Connector::start(dir.path()).await;
+    let mut rig = start_rig().await;
     let config = source_config(
         &broker.endpoint(),
         &format!("mqtt_version = \"{version}\""),
         &[r#"{ filter = "burst/#", qos = 1, payload = "text" }"#],
     );
-    let mut worker = connector.worker(&config).await;
-    connector
-        .wait_rows_on("burst/probe", 1, Duration::from_secs(30))
-        .await;
+    let mut worker = start_worker(&mut rig, &config).await;
+    wait_rows_on(&rig, "burst/probe", 1, Duration::from_secs(30)).await;
 
     let expected: HashSet<String> = (0..COUNT).map(|i| format!("m{i:06}")).collect();
     let client = publisher.client.clone();
@@ -602,24 +520,22 @@ async fn burst_with_a_crash(crash: Crash, version: &str) -> (usize, usize) {
     );
     match crash {
         Crash::Worker => {
-            worker.kill().await;
-            worker = connector.worker(&config).await;
+            rig.workers[worker].kill().await;
+            worker = start_worker(&mut rig, &config).await;
         }
-        Crash::Uplink => connector.uplink.kill_and_restart().await.unwrap(),
+        Crash::Uplink => rig.uplink.kill_and_restart().await.unwrap(),
     }
     publishing.await.unwrap();
     publisher
         .wait_done(COUNT as u64 + 1, Duration::from_secs(120))
         .await;
 
-    let delivered = connector
-        .wait_payloads(&expected, Duration::from_secs(120))
-        .await;
-    let rows = connector.rows();
+    let delivered = wait_payloads(&rig, &expected, Duration::from_secs(120)).await;
+    let rows = rows(&rig);
     let ids: HashSet<&str> = rows.iter().map(|r| text(r, "record_id")).collect();
     let replayed = rows.len() - ids.len();
     let redelivered = delivered - COUNT - rows_with_duplicate_ids(&rows, &expected);
-    assert!(still_running(&mut worker));
+    assert!(rig.alive(worker));
     (redelivered, replayed)
 }
 
@@ -681,19 +597,17 @@ async fn messages_published_while_the_worker_was_cut_off_arrive_after_a_broker_r
         .publish("restart/probe", QoS::AtLeastOnce, true, "probe")
         .await;
     publisher.wait_done(1, Duration::from_secs(10)).await;
-    let mut connector = Connector::start(dir.path()).await;
+    let mut rig = start_rig().await;
     let config = source_config(
         &broker.endpoint(),
         "",
         &[r#"{ filter = "restart/#", qos = 1, payload = "text" }"#],
     );
-    let mut worker = connector.worker(&config).await;
-    connector
-        .wait_rows_on("restart/probe", 1, Duration::from_secs(30))
-        .await;
+    let worker = start_worker(&mut rig, &config).await;
+    wait_rows_on(&rig, "restart/probe", 1, Duration::from_secs(30)).await;
 
     // The worker freezes; its connection stays open while the broker queues for it.
-    signal(&worker, nix::sys::signal::Signal::SIGSTOP);
+    rig.workers[worker].signal(nix::sys::signal::Signal::SIGSTOP);
     for i in 0..1500 {
         publisher
             .publish("restart/a", QoS::AtLeastOnce, false, format!("a{i}"))
@@ -712,26 +626,32 @@ async fn messages_published_while_the_worker_was_cut_off_arrive_after_a_broker_r
     }
     publisher.wait_done(1500, Duration::from_secs(30)).await;
     // 3000 queued: more than mosquitto's default max_queued_messages of 1000.
-    signal(&worker, nix::sys::signal::Signal::SIGCONT);
+    rig.workers[worker].signal(nix::sys::signal::Signal::SIGCONT);
 
     let expected: HashSet<String> = (0..1500)
         .flat_map(|i| [format!("a{i}"), format!("b{i}")])
         .collect();
-    connector
-        .wait_payloads(&expected, Duration::from_secs(60))
-        .await;
-    connector
-        .wait_status("disconnected", "connection to", Duration::from_secs(10))
-        .await;
-    connector
-        .wait_status("connected", "session resumed", Duration::from_secs(10))
-        .await;
+    wait_payloads(&rig, &expected, Duration::from_secs(60)).await;
+    rig.wait_event(
+        SOURCE,
+        "disconnected",
+        "connection to",
+        Duration::from_secs(10),
+    )
+    .await;
+    rig.wait_event(
+        SOURCE,
+        "connected",
+        "session resumed",
+        Duration::from_secs(10),
+    )
+    .await;
     assert!(
-        connector.status().iter().all(|r| text(r, "event") != "gap"),
+        rig.status(SOURCE).iter().all(|r| text(r, "event") != "gap"),
         "the session survived: no gap; {:#?}",
-        connector.status()
+        rig.status(SOURCE)
     );
-    assert!(still_running(&mut worker));
+    assert!(rig.alive(worker));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -744,32 +664,28 @@ async fn a_broker_that_lost_the_session_gets_a_new_subscription_and_a_gap_row() 
         .await;
     publisher.wait_done(1, Duration::from_secs(10)).await;
     drop(publisher);
-    let mut connector = Connector::start(dir.path()).await;
+    let mut rig = start_rig().await;
     let config = source_config(
         &broker.endpoint(),
         "",
         &[r#"{ filter = "lost/#", qos = 1, payload = "text" }"#],
     );
-    let mut worker = connector.worker(&config).await;
-    connector
-        .wait_rows_on("lost/probe", 1, Duration::from_secs(30))
-        .await;
+    let worker = start_worker(&mut rig, &config).await;
+    wait_rows_on(&rig, "lost/probe", 1, Duration::from_secs(30)).await;
 
     // SIGKILL before any autosave: the restarted broker knows neither session nor retained
     // messages.
     broker.kill().await;
     broker.spawn().await;
-    let gap = connector
-        .wait_status("gap", "no session", Duration::from_secs(60))
+    let gap = rig
+        .wait_event(SOURCE, "gap", "no session", Duration::from_secs(60))
         .await;
     assert!(text(&gap, "detail").contains("may be lost"));
 
     // The worker subscribed again: new messages arrive.
     let publisher = Publisher::connect(broker.port, "lost-publisher-2").await;
-    connector
-        .publish_until_delivered(&publisher, "lost/after")
-        .await;
-    assert!(still_running(&mut worker));
+    publish_until_delivered(&rig, &publisher, "lost/after").await;
+    assert!(rig.alive(worker));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -855,7 +771,7 @@ async fn tls_with_a_client_certificate_delivers_and_a_missing_one_is_reported() 
         .publish("secure/probe", QoS::AtLeastOnce, true, "probe")
         .await;
     publisher.wait_done(1, Duration::from_secs(10)).await;
-    let mut connector = Connector::start(dir.path()).await;
+    let mut rig = start_rig().await;
     let endpoint = format!("mqtts://127.0.0.1:{tls}");
     let topics = [r#"{ filter = "secure/#", qos = 1, payload = "text" }"#];
 
@@ -865,9 +781,10 @@ async fn tls_with_a_client_certificate_delivers_and_a_missing_one_is_reported() 
         &format!("ca_file = {:?}", pki.ca.display().to_string()),
         &topics,
     );
-    let mut worker = connector.worker(&without).await;
-    let refused = connector
-        .wait_status(
+    let worker = start_worker(&mut rig, &without).await;
+    let refused = rig
+        .wait_event(
+            SOURCE,
             "disconnected",
             "configuration problem",
             Duration::from_secs(30),
@@ -877,8 +794,8 @@ async fn tls_with_a_client_certificate_delivers_and_a_missing_one_is_reported() 
         text(&refused, "detail").contains("client certificate"),
         "{refused}"
     );
-    assert!(still_running(&mut worker), "no crash loop");
-    worker.kill().await;
+    assert!(rig.alive(worker), "no crash loop");
+    rig.workers[worker].kill().await;
 
     let with = source_config(
         &endpoint,
@@ -890,56 +807,33 @@ async fn tls_with_a_client_certificate_delivers_and_a_missing_one_is_reported() 
         ),
         &topics,
     );
-    let mut worker = connector.worker(&with).await;
-    connector
-        .wait_rows_on("secure/probe", 1, Duration::from_secs(30))
-        .await;
+    let worker = start_worker(&mut rig, &with).await;
+    wait_rows_on(&rig, "secure/probe", 1, Duration::from_secs(30)).await;
     publisher
         .publish("secure/reading", QoS::AtLeastOnce, false, "42")
         .await;
-    connector
-        .wait_rows_on("secure/reading", 1, Duration::from_secs(30))
-        .await;
-    let row = &connector.rows_on("secure/reading")[0];
+    wait_rows_on(&rig, "secure/reading", 1, Duration::from_secs(30)).await;
+    let row = &rows_on(&rig, "secure/reading")[0];
     assert_eq!(text(row, "value_str"), "42");
     assert_eq!(text(row, "broker"), endpoint);
-    assert!(still_running(&mut worker));
+    assert!(rig.alive(worker));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_is_reported_as_a_configuration_problem_and_retried_slowly() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("mosquitto")).unwrap();
-    let passwords = dir.path().join("mosquitto/passwd");
-    let made = std::process::Command::new("mosquitto_passwd")
-        .arg("-c")
-        .arg("-b")
-        .arg(&passwords)
-        .arg("edge")
-        .arg("secret123")
-        .status()
-        .expect("mosquitto_passwd comes with mosquitto");
-    assert!(made.success());
-    let port = free_port();
-    let broker = Broker::start_with(
-        dir.path(),
-        port,
-        &format!(
-            "allow_anonymous false\npassword_file {}\nlistener {port} 127.0.0.1\n",
-            passwords.display()
-        ),
-    )
-    .await;
-    let mut connector = Connector::start(dir.path()).await;
+    let broker = Broker::start_with_password(dir.path(), "edge", "secret123").await;
+    let mut rig = start_rig().await;
     let config = source_config(
         &broker.endpoint(),
         "username = \"edge\"\npassword = \"not-the-password\"",
         &[r#"{ filter = "plant/#", qos = 1 }"#],
     );
     let started = tokio::time::Instant::now();
-    let mut worker = connector.worker(&config).await;
-    let row = connector
-        .wait_status(
+    let worker = start_worker(&mut rig, &config).await;
+    let row = rig
+        .wait_event(
+            SOURCE,
             "disconnected",
             "configuration problem",
             Duration::from_secs(30),
@@ -961,9 +855,9 @@ async fn a_wrong_password_is_reported_as_a_configuration_problem_and_retried_slo
         "{attempts} refused attempts in 12 s:\n{}",
         broker.log()
     );
-    assert!(still_running(&mut worker), "no crash loop");
-    let refusals = connector
-        .status()
+    assert!(rig.alive(worker), "no crash loop");
+    let refusals = rig
+        .status(SOURCE)
         .iter()
         .filter(|r| text(r, "event") == "disconnected")
         .count();
@@ -978,7 +872,7 @@ async fn mqtt5_shared_subscriptions_deliver_and_the_session_outlives_the_worker(
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path()).await;
     let publisher = Publisher::connect(broker.port, "v5-publisher").await;
-    let mut connector = Connector::start(dir.path()).await;
+    let mut rig = start_rig().await;
     publisher
         .publish("v5/direct/probe", QoS::AtLeastOnce, true, "probe")
         .await;
@@ -991,19 +885,15 @@ async fn mqtt5_shared_subscriptions_deliver_and_the_session_outlives_the_worker(
             r#"{ filter = "v5/direct/#", qos = 1, payload = "text" }"#,
         ],
     );
-    let mut worker = connector.worker(&config).await;
-    connector
-        .wait_rows_on("v5/direct/probe", 1, Duration::from_secs(30))
-        .await;
+    let worker = start_worker(&mut rig, &config).await;
+    wait_rows_on(&rig, "v5/direct/probe", 1, Duration::from_secs(30)).await;
     // The shared subscription may be processed just after the probe was delivered.
-    connector
-        .publish_until_delivered(&publisher, "v5/shared/line1")
-        .await;
-    let row = &connector.rows_on("v5/shared/line1")[0];
+    publish_until_delivered(&rig, &publisher, "v5/shared/line1").await;
+    let row = &rows_on(&rig, "v5/shared/line1")[0];
     assert_eq!(text(row, "payload_format"), "json");
     assert_eq!(text(row, "value_type"), "int64");
 
-    worker.kill().await;
+    rig.workers[worker].kill().await;
     for i in 0..200 {
         publisher
             .publish(
@@ -1015,15 +905,17 @@ async fn mqtt5_shared_subscriptions_deliver_and_the_session_outlives_the_worker(
             .await;
     }
     publisher.wait_done(1 + 200, Duration::from_secs(30)).await;
-    let mut worker = connector.worker(&config).await;
+    let worker = start_worker(&mut rig, &config).await;
     let expected: HashSet<String> = (0..200).map(|i| format!("off{i}")).collect();
-    connector
-        .wait_payloads(&expected, Duration::from_secs(30))
-        .await;
-    connector
-        .wait_status("connected", "session resumed", Duration::from_secs(10))
-        .await;
-    assert!(still_running(&mut worker));
+    wait_payloads(&rig, &expected, Duration::from_secs(30)).await;
+    rig.wait_event(
+        SOURCE,
+        "connected",
+        "session resumed",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(rig.alive(worker));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1039,16 +931,14 @@ async fn qos2_messages_survive_a_worker_kill_and_delivery_continues() {
         .publish("q2/probe", QoS::ExactlyOnce, true, "probe")
         .await;
     publisher.wait_done(1, Duration::from_secs(10)).await;
-    let mut connector = Connector::start(dir.path()).await;
+    let mut rig = start_rig().await;
     let config = source_config(
         &broker.endpoint(),
         "",
         &[r#"{ filter = "q2/#", qos = 2, payload = "text" }"#],
     );
-    let mut worker = connector.worker(&config).await;
-    connector
-        .wait_rows_on("q2/probe", 1, Duration::from_secs(30))
-        .await;
+    let worker = start_worker(&mut rig, &config).await;
+    wait_rows_on(&rig, "q2/probe", 1, Duration::from_secs(30)).await;
     let client = publisher.client.clone();
     let publishing = tokio::spawn(async move {
         for i in 0..COUNT {
@@ -1058,31 +948,25 @@ async fn qos2_messages_survive_a_worker_kill_and_delivery_continues() {
                 .unwrap();
         }
     });
-    let state = connector.zerobus.state().clone();
     assert!(
-        eventually(Duration::from_secs(60), || state.row_count(MQTT)
-            >= COUNT / 4)
-        .await
+        rig.wait_until(Duration::from_secs(60), |s| s.row_count(MQTT) >= COUNT / 4)
+            .await
     );
     // Killed with QoS 2 exchanges half done: the broker resends PUBLISH or PUBREL to the next
     // worker, which must complete them instead of disconnecting on every PUBREL.
-    worker.kill().await;
-    let mut worker = connector.worker(&config).await;
+    rig.workers[worker].kill().await;
+    let worker = start_worker(&mut rig, &config).await;
     publishing.await.unwrap();
     publisher
         .wait_done(COUNT as u64 + 1, Duration::from_secs(60))
         .await;
     let expected: HashSet<String> = (0..COUNT).map(|i| format!("q{i}")).collect();
-    connector
-        .wait_payloads(&expected, Duration::from_secs(60))
-        .await;
+    wait_payloads(&rig, &expected, Duration::from_secs(60)).await;
     publisher
         .publish("q2/after", QoS::ExactlyOnce, false, "after")
         .await;
-    connector
-        .wait_rows_on("q2/after", 1, Duration::from_secs(30))
-        .await;
-    assert!(still_running(&mut worker));
+    wait_rows_on(&rig, "q2/after", 1, Duration::from_secs(30)).await;
+    assert!(rig.alive(worker));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1185,20 +1069,20 @@ async fn sparkplug_b_births_then_aliased_data_decode_to_named_metrics() {
         )
         .await;
     publisher.wait_done(1, Duration::from_secs(10)).await;
-    let mut connector = Connector::start(dir.path()).await;
+    let mut rig = start_rig().await;
     let config = source_config(
         &broker.endpoint(),
         "",
         &[r#"{ filter = "spBv1.0/plant/#", qos = 1, payload = "sparkplug_b" }"#],
     );
-    let mut worker = connector.worker(&config).await;
-    connector
-        .wait_rows_on(
-            "spBv1.0/plant/NBIRTH/probe/Probe",
-            1,
-            Duration::from_secs(30),
-        )
-        .await;
+    let worker = start_worker(&mut rig, &config).await;
+    wait_rows_on(
+        &rig,
+        "spBv1.0/plant/NBIRTH/probe/Probe",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
 
     let messages = [
         (
@@ -1249,15 +1133,15 @@ async fn sparkplug_b_births_then_aliased_data_decode_to_named_metrics() {
     publisher
         .wait_done(1 + messages.len() as u64, Duration::from_secs(10))
         .await;
-    connector
-        .wait_rows_on(
-            "spBv1.0/plant/NDATA/edge1/Line/Temperature",
-            2,
-            Duration::from_secs(30),
-        )
-        .await;
+    wait_rows_on(
+        &rig,
+        "spBv1.0/plant/NDATA/edge1/Line/Temperature",
+        2,
+        Duration::from_secs(30),
+    )
+    .await;
 
-    let rows = connector.rows();
+    let rows = rows(&rig);
     let by_topic: HashMap<&str, Vec<&Value>> = rows.iter().fold(HashMap::new(), |mut map, r| {
         map.entry(text(r, "topic")).or_default().push(r);
         map
@@ -1315,12 +1199,12 @@ async fn sparkplug_b_births_then_aliased_data_decode_to_named_metrics() {
         "every alias resolved"
     );
 
-    let gap = connector
-        .wait_status("gap", "sequence gap", Duration::from_secs(10))
+    let gap = rig
+        .wait_event(SOURCE, "gap", "sequence gap", Duration::from_secs(10))
         .await;
     assert_eq!(number(&gap, "count"), 2.0);
     assert!(text(&gap, "detail").contains("plant/edge1"));
-    assert!(still_running(&mut worker));
+    assert!(rig.alive(worker));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1328,15 +1212,14 @@ async fn sparkplug_b_births_then_aliased_data_decode_to_named_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_source_configuration_exits_with_the_configuration_status() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut connector = Connector::start(dir.path()).await;
+    let mut rig = start_rig().await;
     let config = source_config(
         "tcp://127.0.0.1:1883",
         "ca_file = \"/nonexistent/ca.pem\"",
         &[r#"{ filter = "a/#/b", qos = 3 }"#],
     );
-    let mut worker = connector.worker(&config).await;
-    let status = tokio::time::timeout(Duration::from_secs(30), worker.child.wait())
+    let worker = start_worker(&mut rig, &config).await;
+    let status = tokio::time::timeout(Duration::from_secs(30), rig.workers[worker].child.wait())
         .await
         .expect("the worker exits instead of retrying")
         .unwrap();
@@ -1351,33 +1234,18 @@ async fn an_invalid_source_configuration_exits_with_the_configuration_status() {
 /// the worker's last error while it keeps running and retrying slowly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_shows_in_status_and_health_without_a_restart() {
-    use iot_connector_tests::connector::{Connector as Supervised, config_text};
+    use iot_connector_tests::{
+        bin,
+        connector::{Connector, config_text, source_health},
+    };
     let broker_dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(broker_dir.path().join("mosquitto")).unwrap();
-    let passwords = broker_dir.path().join("mosquitto/passwd");
-    let made = std::process::Command::new("mosquitto_passwd")
-        .args(["-c", "-b"])
-        .arg(&passwords)
-        .args(["edge", "secret123"])
-        .status()
-        .expect("mosquitto_passwd comes with mosquitto");
-    assert!(made.success());
-    let port = free_port();
-    let broker = Broker::start_with(
-        broker_dir.path(),
-        port,
-        &format!(
-            "allow_anonymous false\npassword_file {}\nlistener {port} 127.0.0.1\n",
-            passwords.display()
-        ),
-    )
-    .await;
+    let broker = Broker::start_with_password(broker_dir.path(), "edge", "secret123").await;
 
     let dir = tempfile::tempdir().unwrap();
     let bins = dir.path().join("bin");
     std::fs::create_dir_all(&bins).unwrap();
-    for name in ["iot-connector-uplink", WORKER] {
-        std::os::unix::fs::symlink(iot_connector_tests::bin(name), bins.join(name)).unwrap();
+    for name in ["iot-connector-uplink", "iot-connector-mqtt"] {
+        std::os::unix::fs::symlink(bin(name), bins.join(name)).unwrap();
     }
     let http = format!("127.0.0.1:{}", free_port());
     let sources = format!(
@@ -1385,21 +1253,8 @@ async fn a_wrong_password_shows_in_status_and_health_without_a_restart() {
          username = \"edge\"\npassword = \"not-the-password\"\ntopics = [{{ filter = \"plant/#\" }}]\n",
         broker.endpoint()
     );
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, config_text(dir.path(), &http, &sources)).unwrap();
-    let process = Command::new(iot_connector_tests::bin("iot-connector"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let supervised = Supervised {
-        dir,
-        config,
-        http,
-        process,
-    };
+    let config = config_text(dir.path(), &http, &sources);
+    let supervised = Connector::launch(dir, http, &config);
     let refused = |error: &Value| {
         error
             .as_str()
@@ -1414,15 +1269,8 @@ async fn a_wrong_password_shows_in_status_and_health_without_a_restart() {
         "status never showed the refusal: {:?}",
         supervised.status()
     );
-    let (code, body) = supervised.get("/health");
-    let health: Value = serde_json::from_str(&body).unwrap();
-    let source = health["sources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == SOURCE)
-        .unwrap()
-        .clone();
+    let (code, health) = supervised.health();
+    let source = source_health(&health, SOURCE);
     assert_eq!(
         code, 200,
         "a refused source does not take the host down: {health}"

@@ -22,11 +22,8 @@ use std::{
 };
 
 use iot_connector_proto::Table;
-use iot_connector_sim_zerobus::Emulator;
 use iot_connector_tests::{
-    Process, TABLES, Uplink, bin,
-    connector::{Connector, free_port},
-    of_source, start_emulator, start_uplink_to, start_worker_with_env, wait_until,
+    Rig, TABLES, connector::Connector, free_port, of_source, proc_status_kib, wait_until,
 };
 use opcua::{
     core::config::Config as _,
@@ -50,8 +47,6 @@ use tokio::{
     task::JoinHandle,
 };
 
-const WORKER: &str = "iot-connector-opcua";
-const OPCUA: &str = TABLES[0];
 const STATUS: &str = TABLES[3];
 const NS_URI: &str = "urn:iot-connector-test:plant";
 const SERVER_URI: &str = "urn:iot-connector-test:server";
@@ -575,94 +570,7 @@ impl Drop for Proxy {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The connector side.
-
-struct Rig {
-    dir: tempfile::TempDir,
-    zerobus: Emulator,
-    uplink: Uplink,
-    workers: Vec<Process>,
-}
-
-impl Rig {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let zerobus = start_emulator().await.unwrap();
-        let uplink = start_uplink_to(&zerobus, dir.path()).await.unwrap();
-        Self {
-            dir,
-            zerobus,
-            uplink,
-            workers: Vec::new(),
-        }
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    /// Starts a worker for `source` (TOML of an `[[sources]]` entry without `protocol`).
-    async fn worker(&mut self, name: &str, source: &str) -> usize {
-        self.worker_env(name, source, &[]).await
-    }
-
-    async fn worker_env(&mut self, name: &str, source: &str, env: &[(&str, &str)]) -> usize {
-        let settings = self.uplink.grant(name, Table::Opcua, source).await.unwrap();
-        let state = self.state().display().to_string();
-        let mut env = env.to_vec();
-        env.push(("IOT_CONNECTOR_STATE_DIR", &state));
-        self.workers
-            .push(start_worker_with_env(WORKER, settings, &env).await.unwrap());
-        self.workers.len() - 1
-    }
-
-    fn rows(&self, source: &str) -> Vec<Json> {
-        of_source(self.zerobus.state().rows(OPCUA), source)
-    }
-
-    fn status(&self, source: &str) -> Vec<Json> {
-        of_source(self.zerobus.state().rows(STATUS), source)
-    }
-
-    fn events(&self, source: &str, event: &str) -> Vec<Json> {
-        self.status(source)
-            .into_iter()
-            .filter(|r| r["event"] == event)
-            .collect()
-    }
-
-    async fn wait_rows(
-        &self,
-        source: &str,
-        what: &str,
-        timeout: Duration,
-        done: impl Fn(&[Json]) -> bool,
-    ) -> Vec<Json> {
-        let state = self.zerobus.state().clone();
-        let arrived = state
-            .wait_until(timeout, |s| done(&of_source(s.rows(OPCUA), source)))
-            .await;
-        let rows = self.rows(source);
-        assert!(
-            arrived,
-            "{source}: {what} within {timeout:?}; {} rows, status {:?}",
-            rows.len(),
-            self.status(source)
-        );
-        rows
-    }
-
-    fn alive(&mut self, index: usize) -> bool {
-        matches!(self.workers[index].child.try_wait(), Ok(None))
-    }
-
-    async fn stop(mut self) {
-        for worker in &mut self.workers {
-            worker.kill().await;
-        }
-        self.uplink.process.kill().await;
-    }
-}
+// Reading the rows.
 
 fn with_node<'a>(rows: &'a [Json], node_suffix: &str) -> Vec<&'a Json> {
     rows.iter()
@@ -713,10 +621,11 @@ async fn fifty_mixed_variables_at_10_hz_arrive_with_value_timestamps_and_quality
             nodes.join(", ")
         ),
     );
-    rig.worker("line1", &config).await;
+    rig.worker("line1", Table::Opcua, &config).await;
 
     // Wait until every variable reports, then let it run for 4 s more.
     rig.wait_rows(
+        Table::Opcua,
         "line1",
         "all 50 variables",
         Duration::from_secs(60),
@@ -729,6 +638,7 @@ async fn fifty_mixed_variables_at_10_hz_arrive_with_value_timestamps_and_quality
     let last_us = plant.source_us(last);
     let rows = rig
         .wait_rows(
+            Table::Opcua,
             "line1",
             "the last tick of every variable",
             Duration::from_secs(60),
@@ -831,12 +741,20 @@ fn secure_source(plant: &Plant, policy: &str) -> String {
 async fn basic256sha256_and_aes256_sign_and_encrypt_with_a_username_or_x509_user_deliver_data() {
     let plant = Plant::start(Offer::All).await;
     let mut rig = Rig::start().await;
-    plant.trust_in(&rig.state());
+    plant.trust_in(&rig.state_dir());
     // Both workers share the state dir: the client key pair is made once, under a lock.
-    rig.worker("b256", &secure_source(&plant, "Basic256Sha256"))
-        .await;
-    rig.worker("aes256", &secure_source(&plant, "Aes256_Sha256_RsaPss"))
-        .await;
+    rig.worker(
+        "b256",
+        Table::Opcua,
+        &secure_source(&plant, "Basic256Sha256"),
+    )
+    .await;
+    rig.worker(
+        "aes256",
+        Table::Opcua,
+        &secure_source(&plant, "Aes256_Sha256_RsaPss"),
+    )
+    .await;
     let x509 = secure_source(&plant, "Basic256Sha256").replace(
         &format!("username = \"{USER}\"\npassword = \"{PASSWORD}\"\n"),
         &format!(
@@ -846,11 +764,15 @@ async fn basic256sha256_and_aes256_sign_and_encrypt_with_a_username_or_x509_user
         ),
     );
     assert!(x509.contains("user_certificate_file"));
-    rig.worker("x509", &x509).await;
+    rig.worker("x509", Table::Opcua, &x509).await;
     for source in ["b256", "aes256", "x509"] {
-        rig.wait_rows(source, "10 values", Duration::from_secs(90), |rows| {
-            rows.len() >= 10
-        })
+        rig.wait_rows(
+            Table::Opcua,
+            source,
+            "10 values",
+            Duration::from_secs(90),
+            |rows| rows.len() >= 10,
+        )
         .await;
         let connected = rig.events(source, "connected");
         assert!(!connected.is_empty());
@@ -870,14 +792,14 @@ async fn basic256sha256_and_aes256_sign_and_encrypt_with_a_username_or_x509_user
 async fn a_server_offering_only_none_is_refused_when_sign_is_configured() {
     let plant = Plant::start(Offer::NoneOnly).await;
     let mut rig = Rig::start().await;
-    plant.trust_in(&rig.state());
+    plant.trust_in(&rig.state_dir());
     let signed = format!(
         "name = \"x\"\nendpoint = \"{}\"\nsecurity_policy = \"Basic256Sha256\"\nsecurity_mode = \"Sign\"\n\
          nodes = [ {{ node_id = \"ns={};s=Line1.V00\" }} ]\n",
         plant.url(),
         plant.ns
     );
-    let secure = rig.worker("signed", &signed).await;
+    let secure = rig.worker("signed", Table::Opcua, &signed).await;
     // A worker without security on the same server gets data: the server is fine.
     let plain = source_none(
         &plant,
@@ -886,13 +808,21 @@ async fn a_server_offering_only_none_is_refused_when_sign_is_configured() {
             plant.ns
         ),
     );
-    rig.worker("plain", &plain).await;
-    rig.wait_rows("plain", "data", Duration::from_secs(60), |rows| {
-        rows.len() >= 5
-    })
+    rig.worker("plain", Table::Opcua, &plain).await;
+    rig.wait_rows(
+        Table::Opcua,
+        "plain",
+        "data",
+        Duration::from_secs(60),
+        |rows| rows.len() >= 5,
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(rig.rows("signed").is_empty(), "{:?}", rig.rows("signed"));
+    assert!(
+        rig.rows(Table::Opcua, "signed").is_empty(),
+        "{:?}",
+        rig.rows(Table::Opcua, "signed")
+    );
     assert!(rig.events("signed", "connected").is_empty());
     assert!(
         rig.alive(secure),
@@ -911,12 +841,12 @@ async fn an_untrusted_server_certificate_is_reported_and_trusted_without_a_resta
         plant.url(),
         plant.ns
     );
-    let worker = rig.worker("pinned", &config).await;
+    let worker = rig.worker("pinned", Table::Opcua, &config).await;
     let pid = rig.workers[worker].pid();
     let cert = plant.server_cert();
     let thumbprint = cert.thumbprint().as_hex_string();
     let name = CertificateStore::cert_file_name(&cert);
-    let rejected = rig.state().join("pki/rejected").join(&name);
+    let rejected = rig.state_dir().join("pki/rejected").join(&name);
     assert!(name.contains(&thumbprint), "{name}");
     assert!(
         wait_until(Duration::from_secs(60), || rejected.exists()).await,
@@ -925,12 +855,13 @@ async fn an_untrusted_server_certificate_is_reported_and_trusted_without_a_resta
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        rig.rows("pinned").is_empty(),
+        rig.rows(Table::Opcua, "pinned").is_empty(),
         "no data before the certificate is trusted"
     );
 
-    std::fs::rename(&rejected, rig.state().join("pki/trusted").join(&name)).unwrap();
+    std::fs::rename(&rejected, rig.state_dir().join("pki/trusted").join(&name)).unwrap();
     rig.wait_rows(
+        Table::Opcua,
         "pinned",
         "data once trusted",
         Duration::from_secs(90),
@@ -948,42 +879,14 @@ fn supervised(source: &str) -> (Connector, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let http = format!("127.0.0.1:{}", free_port());
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[connector]\nid = \"opcua-test\"\nstate_dir = {:?}\nruntime_dir = {:?}\nlog_level = \"warn\"\n\n\
-             [http]\nlisten = \"{http}\"\n\n\
-             [[sources]]\nname = \"plc\"\nprotocol = \"opcua\"\n{source}\n",
-            state.display().to_string(),
-            dir.path().join("run").display().to_string(),
-        ),
-    )
-    .unwrap();
-    let process = tokio::process::Command::new(bin("iot-connector"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let connector = Connector {
-        dir,
-        config,
-        http,
-        process,
-    };
-    (connector, state)
-}
-
-/// `/health`'s entry for the source `plc`.
-fn health_of_plc(connector: &Connector) -> Json {
-    let health: Json = serde_json::from_str(&connector.get("/health").1).unwrap_or_default();
-    health["sources"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == "plc"))
-        .cloned()
-        .unwrap_or_default()
+    let config = format!(
+        "[connector]\nid = \"opcua-test\"\nstate_dir = {:?}\nruntime_dir = {:?}\nlog_level = \"warn\"\n\n\
+         [http]\nlisten = \"{http}\"\n\n\
+         [[sources]]\nname = \"plc\"\nprotocol = \"opcua\"\n{source}\n",
+        state.display().to_string(),
+        dir.path().join("run").display().to_string(),
+    );
+    (Connector::launch(dir, http, &config), state)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1003,14 +906,16 @@ async fn a_silent_server_is_reported_after_the_connect_timeout() {
     ));
     assert!(
         connector
-            .wait_for(Duration::from_secs(60), |c| health_of_plc(c)["last_error"]
-                .as_str()
-                .is_some_and(|e| e.contains("did not answer")))
+            .wait_for(Duration::from_secs(60), |c| {
+                c.health_of("plc")["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("did not answer"))
+            })
             .await,
         "{}",
-        health_of_plc(&connector)
+        connector.health_of("plc")
     );
-    assert_eq!(health_of_plc(&connector)["state"], "connecting");
+    assert_eq!(connector.health_of("plc")["state"], "connecting");
     held.abort();
 }
 
@@ -1038,7 +943,7 @@ async fn the_untrusted_certificate_report_reaches_status_and_health_through_the_
         "/health never named the thumbprint: {}",
         connector.get("/health").1
     );
-    let source = health_of_plc(&connector);
+    let source = connector.health_of("plc");
     let error = source["last_error"].as_str().unwrap();
     assert!(error.contains(&instruction), "{error}");
     assert!(rejected.exists());
@@ -1084,11 +989,19 @@ async fn data_resumes_within_5_s_after_a_server_restart_and_a_gap_row_is_written
     let mut plant = Plant::start(Offer::All).await;
     let mut rig = Rig::start().await;
     // The watchdog is off (100000 intervals): only the publish-stall workaround can resume data.
-    rig.worker("restart", &recovery_source(&plant.url(), plant.ns))
-        .await;
-    rig.wait_rows("restart", "data", Duration::from_secs(60), |rows| {
-        fresh(rows, 0) >= 10
-    })
+    rig.worker(
+        "restart",
+        Table::Opcua,
+        &recovery_source(&plant.url(), plant.ns),
+    )
+    .await;
+    rig.wait_rows(
+        Table::Opcua,
+        "restart",
+        "data",
+        Duration::from_secs(60),
+        |rows| fresh(rows, 0) >= 10,
+    )
     .await;
 
     for round in 1..=2 {
@@ -1099,6 +1012,7 @@ async fn data_resumes_within_5_s_after_a_server_restart_and_a_gap_row_is_written
         let up_at = Instant::now();
         let now_us = plant.source_us(plant.tick.load(Ordering::Relaxed));
         rig.wait_rows(
+            Table::Opcua,
             "restart",
             "data after the restart",
             Duration::from_secs(30),
@@ -1135,15 +1049,20 @@ async fn the_watchdog_recreates_a_subscription_that_stays_silent_while_connected
         plant.url(),
         plant.ns
     );
-    rig.worker_env(
+    rig.worker_with_env(
         "watched",
+        Table::Opcua,
         &config,
         &[("IOT_CONNECTOR_OPCUA_TEST_NO_PUBLISH_WORKAROUND", "1")],
     )
     .await;
-    rig.wait_rows("watched", "data", Duration::from_secs(60), |rows| {
-        fresh(rows, 0) >= 5
-    })
+    rig.wait_rows(
+        Table::Opcua,
+        "watched",
+        "data",
+        Duration::from_secs(60),
+        |rows| fresh(rows, 0) >= 5,
+    )
     .await;
     plant.down().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1151,6 +1070,7 @@ async fn the_watchdog_recreates_a_subscription_that_stays_silent_while_connected
     let up_at = Instant::now();
     let now_us = plant.source_us(plant.tick.load(Ordering::Relaxed));
     rig.wait_rows(
+        Table::Opcua,
         "watched",
         "data after the watchdog",
         Duration::from_secs(30),
@@ -1178,19 +1098,25 @@ async fn data_resumes_within_5_s_after_a_tcp_reset_and_current_values_are_read_a
     let proxy = Proxy::start(plant.port).await;
     let mut rig = Rig::start().await;
     let url = format!("opc.tcp://127.0.0.1:{}/", proxy.port);
-    rig.worker("reset", &recovery_source(&url, plant.ns)).await;
-    rig.wait_rows("reset", "data", Duration::from_secs(60), |rows| {
-        fresh(rows, 0) >= 10 && !with_node(rows, "Drive.Mode").is_empty()
-    })
+    rig.worker("reset", Table::Opcua, &recovery_source(&url, plant.ns))
+        .await;
+    rig.wait_rows(
+        Table::Opcua,
+        "reset",
+        "data",
+        Duration::from_secs(60),
+        |rows| fresh(rows, 0) >= 10 && !with_node(rows, "Drive.Mode").is_empty(),
+    )
     .await;
 
     for round in 1..=2 {
-        let modes = with_node(&rig.rows("reset"), "Drive.Mode").len();
+        let modes = with_node(&rig.rows(Table::Opcua, "reset"), "Drive.Mode").len();
         let gaps_before = rig.events("reset", "gap").len();
         proxy.reset();
         let cut_at = Instant::now();
         let now_us = plant.source_us(plant.tick.load(Ordering::Relaxed));
         rig.wait_rows(
+            Table::Opcua,
             "reset",
             "data after the reset",
             Duration::from_secs(30),
@@ -1210,6 +1136,7 @@ async fn data_resumes_within_5_s_after_a_tcp_reset_and_current_values_are_read_a
         );
         // The static value is read once more after the reconnect.
         rig.wait_rows(
+            Table::Opcua,
             "reset",
             "the static value read again",
             Duration::from_secs(10),
@@ -1234,11 +1161,12 @@ async fn nsu_and_browse_path_node_ids_resolve() {
             plant.ns
         ),
     );
-    rig.worker("paths", &config).await;
+    rig.worker("paths", Table::Opcua, &config).await;
     plant.set("Line2.MotorSpeed", 1450.0);
     plant.set("Line2.Drive.DriveSpeed", 12.5);
     let rows = rig
         .wait_rows(
+            Table::Opcua,
             "paths",
             "the three nodes",
             Duration::from_secs(60),
@@ -1300,8 +1228,8 @@ async fn browse_discovery_finds_exactly_the_expected_variables() {
              {{ root = \"/Plant/Line1\", include = [\"V0?\"], max_nodes = 4 }} ]"
         ),
     );
-    rig.worker("found", &config).await;
-    let state = rig.zerobus.state().clone();
+    rig.worker("found", Table::Opcua, &config).await;
+    let state = rig.zerobus().state().clone();
     assert!(
         state
             .wait_until(Duration::from_secs(60), |s| of_source(
@@ -1316,19 +1244,25 @@ async fn browse_discovery_finds_exactly_the_expected_variables() {
     assert_eq!(int(connected, "count"), 3 + 4, "{connected}");
     // Every monitored item reports its initial value: the set of nodes is what was found.
     let rows = rig
-        .wait_rows("found", "7 nodes", Duration::from_secs(30), |rows| {
-            rows.iter()
-                .map(|r| r["node_id"].to_string())
-                .collect::<BTreeSet<_>>()
-                .len()
-                >= 7
-        })
+        .wait_rows(
+            Table::Opcua,
+            "found",
+            "7 nodes",
+            Duration::from_secs(30),
+            |rows| {
+                rows.iter()
+                    .map(|r| r["node_id"].to_string())
+                    .collect::<BTreeSet<_>>()
+                    .len()
+                    >= 7
+            },
+        )
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rows = if rows.is_empty() {
         rows
     } else {
-        rig.rows("found")
+        rig.rows(Table::Opcua, "found")
     };
     let paths: BTreeSet<String> = rows
         .iter()
@@ -1370,15 +1304,21 @@ async fn subscriptions_are_filled_to_the_servers_limit_and_every_item_is_monitor
         &plant,
         "browse = [ { root = \"/Plant/Bench\", max_depth = 1 } ]",
     );
-    rig.worker("filled", &config).await;
+    rig.worker("filled", Table::Opcua, &config).await;
     let rows = rig
-        .wait_rows("filled", "50 nodes", Duration::from_secs(60), |rows| {
-            rows.iter()
-                .map(|r| r["node_id"].to_string())
-                .collect::<BTreeSet<_>>()
-                .len()
-                >= 50
-        })
+        .wait_rows(
+            Table::Opcua,
+            "filled",
+            "50 nodes",
+            Duration::from_secs(60),
+            |rows| {
+                rows.iter()
+                    .map(|r| r["node_id"].to_string())
+                    .collect::<BTreeSet<_>>()
+                    .len()
+                    >= 50
+            },
+        )
         .await;
     let nodes: BTreeSet<String> = rows.iter().map(|r| r["node_id"].to_string()).collect();
     assert_eq!(nodes.len(), 50, "{nodes:?}");
@@ -1407,10 +1347,14 @@ async fn deadband_changes_within_the_band_are_not_reported_changes_beyond_are() 
             ns = plant.ns
         ),
     );
-    rig.worker("band", &config).await;
-    rig.wait_rows("band", "initial values", Duration::from_secs(60), |rows| {
-        !with_node(rows, "Pressure").is_empty() && !with_node(rows, "Level").is_empty()
-    })
+    rig.worker("band", Table::Opcua, &config).await;
+    rig.wait_rows(
+        Table::Opcua,
+        "band",
+        "initial values",
+        Duration::from_secs(60),
+        |rows| !with_node(rows, "Pressure").is_empty() && !with_node(rows, "Level").is_empty(),
+    )
     .await;
     // Pressure: band 1.0 around the last reported value. Level: 10 % of 0..200 = 20.
     for (pressure, level) in [
@@ -1426,6 +1370,7 @@ async fn deadband_changes_within_the_band_are_not_reported_changes_beyond_are() 
     }
     let rows = rig
         .wait_rows(
+            Table::Opcua,
             "band",
             "the last changes",
             Duration::from_secs(30),
@@ -1443,7 +1388,7 @@ async fn deadband_changes_within_the_band_are_not_reported_changes_beyond_are() 
     let rows = if rows.is_empty() {
         rows
     } else {
-        rig.rows("band")
+        rig.rows(Table::Opcua, "band")
     };
     let values = |node: &str| -> Vec<f64> {
         with_node(&rows, node)
@@ -1467,17 +1412,22 @@ async fn the_client_certificate_is_created_once_and_reused() {
             plant.ns
         ),
     );
-    let first = rig.worker("reuse", &config).await;
-    let cert = rig.state().join("pki/own/cert.der");
-    rig.wait_rows("reuse", "data", Duration::from_secs(60), |rows| {
-        !rows.is_empty()
-    })
+    let first = rig.worker("reuse", Table::Opcua, &config).await;
+    let cert = rig.state_dir().join("pki/own/cert.der");
+    rig.wait_rows(
+        Table::Opcua,
+        "reuse",
+        "data",
+        Duration::from_secs(60),
+        |rows| !rows.is_empty(),
+    )
     .await;
     let before = std::fs::read(&cert).unwrap();
     rig.workers[first].kill().await;
-    let seen = rig.rows("reuse").len();
-    rig.worker("reuse", &config).await;
+    let seen = rig.rows(Table::Opcua, "reuse").len();
+    rig.worker("reuse", Table::Opcua, &config).await;
     rig.wait_rows(
+        Table::Opcua,
         "reuse",
         "data after the restart",
         Duration::from_secs(60),
@@ -1490,16 +1440,6 @@ async fn the_client_certificate_is_created_once_and_reused() {
         "the key pair was replaced"
     );
     rig.stop().await;
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
 }
 
 /// `cargo test -p iot-connector-tests --test opcua -- --ignored --nocapture bench`
@@ -1518,9 +1458,10 @@ async fn bench_ten_thousand_monitored_items() {
         &plant,
         "publishing_interval_ms = 500\nbrowse = [ { root = \"/Plant/Bench\", max_depth = 1, max_nodes = 20000, sampling_interval_ms = 100 } ]",
     );
-    let worker = rig.worker("bench", &config).await;
+    let worker = rig.worker("bench", Table::Opcua, &config).await;
     let started = Instant::now();
     rig.wait_rows(
+        Table::Opcua,
         "bench",
         "initial values",
         Duration::from_secs(300),
@@ -1534,16 +1475,16 @@ async fn bench_ten_thousand_monitored_items() {
     let pid = rig.workers[worker].pid();
     eprintln!(
         "bench: worker RSS after subscribing: {} KiB ({} KiB anonymous, {} KiB file-backed: code)",
-        rss_kib(pid, "VmRSS:"),
-        rss_kib(pid, "RssAnon:"),
-        rss_kib(pid, "RssFile:")
+        proc_status_kib(pid, "VmRSS").unwrap(),
+        proc_status_kib(pid, "RssAnon").unwrap(),
+        proc_status_kib(pid, "RssFile").unwrap()
     );
 
     // Change every item once per round; count rows delivered end to end.
     let ids: Vec<NodeId> = (0..items)
         .map(|i| plant.node(&format!("Bench.B{i:05}")))
         .collect();
-    let before = rig.rows("bench").len();
+    let before = rig.rows(Table::Opcua, "bench").len();
     let rounds = 20u32;
     let started = Instant::now();
     for round in 1..=rounds {
@@ -1560,10 +1501,10 @@ async fn bench_ten_thousand_monitored_items() {
     // Rows arrive until the pipeline has drained; when it cannot keep up, the server's queues
     // (queue_size values per item) overflow and drop the oldest values, as designed.
     let offered = items * rounds as usize;
-    let mut last = (rig.rows("bench").len(), Instant::now());
+    let mut last = (rig.rows(Table::Opcua, "bench").len(), Instant::now());
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let now = rig.rows("bench").len();
+        let now = rig.rows(Table::Opcua, "bench").len();
         if now >= before + offered || (now == last.0 && last.1.elapsed() >= Duration::from_secs(6))
         {
             break;
@@ -1572,10 +1513,10 @@ async fn bench_ten_thousand_monitored_items() {
             last = (now, Instant::now());
         }
     }
-    let delivered = rig.rows("bench").len() - before;
+    let delivered = rig.rows(Table::Opcua, "bench").len() - before;
     let took = last.1.duration_since(started);
     let overflow = rig
-        .rows("bench")
+        .rows(Table::Opcua, "bench")
         .iter()
         .filter(|r| r["status_code"].as_i64().is_some_and(|c| c & 0x80 != 0))
         .count();
@@ -1586,12 +1527,15 @@ async fn bench_ten_thousand_monitored_items() {
         delivered as f64 / took.as_secs_f64(),
         rig.events("bench", "gap").len()
     );
-    let (rss_kb, hwm_kb) = (rss_kib(pid, "VmRSS:"), rss_kib(pid, "VmHWM:"));
+    let (rss_kb, hwm_kb) = (
+        proc_status_kib(pid, "VmRSS").unwrap(),
+        proc_status_kib(pid, "VmHWM").unwrap(),
+    );
     let target_kb = 8 * 1024 + items as u64;
     eprintln!(
         "bench: worker RSS {rss_kb} KiB (peak {hwm_kb} KiB; {} KiB anonymous, {} KiB file-backed), target {target_kb} KiB",
-        rss_kib(pid, "RssAnon:"),
-        rss_kib(pid, "RssFile:")
+        proc_status_kib(pid, "RssAnon").unwrap(),
+        proc_status_kib(pid, "RssFile").unwrap()
     );
     // The target is for release builds; a debug build's code alone is 19 MB.
     if !cfg!(debug_assertions) {

@@ -1,6 +1,6 @@
 //! OAuth machine-to-machine tokens for the Zerobus streams, fetched by the uplink itself so that
 //! the token request goes through the same trust anchors (`ca_file`) and proxy as the gRPC
-//! channel. The request is the one the SDK's built-in provider makes (research/zerobus.md §2):
+//! channel. The request is the one the SDK's built-in provider makes:
 //! client credentials as HTTP Basic, `scope=all-apis`, the workspace's `zerobusDirectWriteApi`
 //! resource, and `authorization_details` scoping the token to one table.
 

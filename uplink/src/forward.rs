@@ -2,7 +2,7 @@
 //! Rows leave the spool only after the server's durability acknowledgement covers them; on any
 //! stream failure the stream is dropped and the spool is replayed from its head (duplicates, never
 //! loss). A row the server rejects for good is found by bisection and moved to the dead-letter
-//! store with the server's reason. Rules from research/zerobus.md "What our uplink must do".
+//! store with the server's reason.
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 

@@ -5,7 +5,7 @@
 use std::{path::Path, process::ExitCode, sync::Arc};
 
 use iot_connector_ipc::{
-    DataListener, ExitStatus, FrameReader, FrameWriter, IpcError, Phase, handshake, os,
+    DataListener, ExitStatus, FrameReader, FrameWriter, IpcError, expect, handshake, os,
 };
 use iot_connector_proto::{ChildReport, Message, Role, UplinkSettings};
 use iot_connector_uplink::{
@@ -71,25 +71,16 @@ async fn serve() -> Result<(), UplinkError> {
     let (rx, tx) = control.into_split();
     let (mut reader, mut writer) = (FrameReader::new(rx), FrameWriter::new(tx));
     handshake(&mut reader, &mut writer, Role::Uplink, Role::Supervisor).await?;
-    let Message::ConfigureUplink(settings) = reader.recv_in(Phase::ChildAwaitingConfig).await?
-    else {
-        return Err(IpcError::Handshake("expected ConfigureUplink".into()).into());
-    };
+    let settings = reader.expect(expect::UPLINK_CONFIG).await?;
     let (hub, listener, shared) = start(&settings)?;
     writer.send(&Message::Ready).await?;
     tokio::spawn(heartbeats(writer, Arc::clone(&shared)));
     let control = async {
-        loop {
-            match reader.recv().await? {
-                // The supervisor is gone: stop; the spool keeps what is not forwarded yet.
-                None => return Ok(()),
-                Some(message) => {
-                    if let Message::Grant(grant) = Phase::UplinkControl.check(message)? {
-                        hub.grant(grant);
-                    }
-                }
-            }
+        // Until the supervisor is gone: then stop; the spool keeps what is not forwarded yet.
+        while let Some(grant) = reader.next(expect::UPLINK_CONTROL).await? {
+            hub.grant(grant);
         }
+        Ok(())
     };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(UplinkError::Runtime)?;

@@ -7,7 +7,7 @@ use std::{
 };
 
 use iot_connector_ipc::{
-    DataListener, DataStream, FrameReader, FrameWriter, IpcError, PeerIdentity, Phase, handshake,
+    DataListener, DataStream, FrameReader, FrameWriter, IpcError, PeerIdentity, expect, handshake,
     tokens_match,
 };
 use iot_connector_proto::{Detail, Message, Record, Role, SourceGrant, Table, table::encode_row};
@@ -79,10 +79,7 @@ impl Hub {
     async fn connection(&self, stream: DataStream, peer: PeerIdentity) -> Result<(), IpcError> {
         let (mut reader, mut writer) = (FrameReader::new(&stream), FrameWriter::new(&stream));
         handshake(&mut reader, &mut writer, Role::Uplink, Role::Worker).await?;
-        let Message::Bind { source, token } = reader.recv_in(Phase::UplinkAwaitingBind).await?
-        else {
-            return Err(IpcError::Handshake("expected Bind".into()));
-        };
+        let (source, token) = reader.expect(expect::BIND).await?;
         let table = match self.authorise(&source, &token, peer) {
             Ok(table) => table,
             Err(reason) => {
@@ -202,16 +199,7 @@ impl Hub {
         acks: &tokio::sync::mpsc::UnboundedSender<PendingAck>,
     ) -> Result<(), IpcError> {
         let mut last_seq: Option<u64> = None;
-        loop {
-            let records = match reader.recv().await? {
-                None => return Ok(()),
-                Some(message) => match Phase::UplinkReceiving.check(message)? {
-                    Message::Batch(records) => records,
-                    other => {
-                        return Err(IpcError::Handshake(format!("unexpected {}", other.kind())));
-                    }
-                },
-            };
+        while let Some(records) = reader.next(expect::BATCH).await? {
             let received = std::time::Instant::now();
             let Some(up_to_seq) = records.last().map(|r| r.seq) else {
                 continue;
@@ -233,6 +221,7 @@ impl Hub {
                 return Ok(());
             }
         }
+        Ok(())
     }
 
     /// Checks a batch (increasing sequence numbers, the granted table) and encodes its rows.
@@ -245,20 +234,21 @@ impl Hub {
     ) -> Result<Vec<(u64, Table, Vec<u8>)>, IpcError> {
         let mut rows = Vec::with_capacity(records.len());
         for record in records {
-            if last_seq.is_some_and(|last| record.seq <= last) {
-                return Err(IpcError::Handshake(format!(
-                    "source {source:?} sent seq {} after {last_seq:?}: sequence numbers must increase",
-                    record.seq
-                )));
+            if let Some(last) = last_seq.filter(|last| record.seq <= *last) {
+                return Err(IpcError::OutOfOrder {
+                    source_name: source.to_owned(),
+                    seq: record.seq,
+                    last,
+                });
             }
             *last_seq = Some(record.seq);
             let record_table = Table::of(&record.detail);
             if record_table != table && !matches!(record.detail, Detail::Status(_)) {
-                return Err(IpcError::Handshake(format!(
-                    "source {source:?} may write to {} only, not {}",
-                    table.key(),
-                    record_table.key()
-                )));
+                return Err(IpcError::WrongTable {
+                    source_name: source.to_owned(),
+                    allowed: table,
+                    got: record_table,
+                });
             }
             let (row_table, row) = encode_row(&self.connector_id, source, record);
             rows.push((record.seq, row_table, row));

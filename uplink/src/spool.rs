@@ -1,7 +1,7 @@
 //! The spool: the uplink's durable, encrypted, size-bounded store of rows on their way to Zerobus.
 //!
 //! # Why redb
-//! Measured on this workload (research/crates-storage.md): sled 0.34's `flush()` is
+//! Measured on this workload: sled 0.34's `flush()` is
 //! `sync_file_range`, not fsync, so acknowledged records can vanish on power loss; it never gives
 //! disk back and writes ~56k rec/s at batch 1000. redb 4 fsyncs every commit (1.1 fdatasync per
 //! commit), stays at 1.1x live data, writes ~200k rec/s at batch 1000 and lost nothing in 50
@@ -75,7 +75,8 @@ const ROWS_MQTT: TableDefinition<u64, &[u8]> = TableDefinition::new("rows/mqtt")
 const ROWS_MODBUS: TableDefinition<u64, &[u8]> = TableDefinition::new("rows/modbus");
 const ROWS_STATUS: TableDefinition<u64, &[u8]> = TableDefinition::new("rows/status");
 /// In [`Table::ALL`] order.
-const ROWS: [TableDefinition<u64, &[u8]>; 4] = [ROWS_OPCUA, ROWS_MQTT, ROWS_MODBUS, ROWS_STATUS];
+const ROWS: [TableDefinition<u64, &[u8]>; Table::COUNT] =
+    [ROWS_OPCUA, ROWS_MQTT, ROWS_MODBUS, ROWS_STATUS];
 const SOURCES: TableDefinition<&str, u64> = TableDefinition::new("sources");
 const DEAD_LETTERS: TableDefinition<u64, (u8, &str, &[u8])> = TableDefinition::new("dead_letters");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -287,7 +288,7 @@ pub struct SpoolStats {
     /// Sum of the stored (sealed) rows.
     pub live_bytes: u64,
     /// Rows waiting per table, in [`Table::ALL`] order.
-    pub rows: [u64; 4],
+    pub rows: [u64; Table::COUNT],
     /// Rows in the dead-letter store.
     pub dead_letters: u64,
 }

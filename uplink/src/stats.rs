@@ -22,9 +22,9 @@ pub struct Stats {
     written: Mutex<BTreeMap<String, u64>>,
     dropped_full: AtomicU64,
     duplicates: AtomicU64,
-    acked: [AtomicU64; 4],
-    reconnects: [AtomicU64; 4],
-    failing: [AtomicBool; 4],
+    acked: [AtomicU64; Table::COUNT],
+    reconnects: [AtomicU64; Table::COUNT],
+    failing: [AtomicBool; Table::COUNT],
     dead_letters: AtomicU64,
     latency: Mutex<(Vec<u64>, f64)>,
     last_error: Mutex<Option<String>>,
@@ -36,7 +36,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn slot<T>(array: &[T; 4], table: Table) -> Option<&T> {
+fn slot<T>(array: &[T; Table::COUNT], table: Table) -> Option<&T> {
     array.get(table.index())
 }
 
@@ -112,7 +112,7 @@ impl Stats {
         let spool_stats = spool.stats();
         let (spool_bytes, spool_rows) = spool_stats
             .as_ref()
-            .map_or((0, [0; 4]), |s| (s.live_bytes, s.rows));
+            .map_or((0, [0; Table::COUNT]), |s| (s.live_bytes, s.rows));
         let now = iot_connector_proto::now_us();
         let oldest_unacked_seconds = Table::ALL
             .iter()

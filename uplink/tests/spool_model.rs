@@ -168,7 +168,7 @@ fn sealed_len(row: &[u8]) -> u64 {
 struct Model {
     policy: SpoolPolicy,
     max_bytes: u64,
-    rows: [BTreeMap<u64, Vec<u8>>; 4],
+    rows: [BTreeMap<u64, Vec<u8>>; Table::COUNT],
     sources: HashMap<String, u64>,
     live_bytes: u64,
     next_position: u64,
@@ -358,7 +358,7 @@ struct Harness {
     /// Per source, the highest sequence number it has sent.
     sent: [Option<u64>; SOURCES.len()],
     /// Per table, every position a read returned.
-    read: [Vec<u64>; 4],
+    read: [Vec<u64>; Table::COUNT],
 }
 
 fn open(dir: &Path, key_path: &Path, max_bytes: u64, policy: SpoolPolicy) -> Spool {

@@ -20,9 +20,10 @@ use std::{
     time::Duration,
 };
 
+use iot_connector_proto::Table;
 use iot_connector_sim_zerobus::EmulatorOptions;
 
-const TABLES: [(&str, &str); 4] = [
+const TABLES: [(&str, &str); Table::COUNT] = [
     ("opcua", "demo.bronze.opcua_events"),
     ("mqtt", "demo.bronze.mqtt_events"),
     ("modbus", "demo.bronze.modbus_events"),

@@ -1,28 +1,32 @@
-//! A synthetic worker built on `iot-connector-runtime`, for end-to-end tests and benchmarks of
-//! the data path: it pushes records numbered by their sequence number until `count`, and keeps the
-//! highest durably acknowledged sequence number in `acked_file`, so a test can check that every
-//! acknowledged record arrived.
+//! A synthetic worker built on `iot-connector-runtime`'s skeleton, for end-to-end tests and
+//! benchmarks of the data path: it pushes records numbered by their sequence number until
+//! `count`, and keeps the highest durably acknowledged sequence number in `acked_file`, so a
+//! test can check that every acknowledged record arrived.
 //!
-//! Its `source_config` (TOML): `count` (last sequence number to push), `table` (`opcua`, `mqtt`,
-//! `modbus`), `acked_file` (optional path), `payload_bytes` (optional MQTT payload size), `rate`
-//! (records per second, unlimited when absent) and `latency_file` (optional path: the p50 and p99
-//! of push-to-durable-ack latency in ms, sampled, written once everything is acknowledged).
-//! Unknown keys are ignored, so the supervisor's end-to-end tests can run it in place of a
-//! protocol worker with that protocol's slice: it then streams Modbus records at 200 per second
-//! until stopped.
+//! It takes any source's slice, and its parameters as TOML in `$IOT_CONNECTOR_TEST_WORKER`
+//! ([`iot_connector_tests::TEST_WORKER_ENV`], set by the test harness): `count` (last sequence
+//! number to push), `table` (`opcua`, `mqtt`, `modbus`; default: the source's protocol),
+//! `acked_file` (optional path), `payload_bytes` (optional MQTT payload size), `rate` (records
+//! per second, unlimited when absent) and `latency_file` (optional path: the p50 and p99 of
+//! push-to-durable-ack latency in ms, sampled, written once everything is acknowledged).
+//! Without the variable (the supervisor's end-to-end tests run it in place of a protocol
+//! worker, with a cleared environment) it streams records of its source's table at 200 per
+//! second until stopped.
 #![forbid(unsafe_code)]
 
-use std::{process::ExitCode, time::Duration};
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
+use iot_connector_config::Source;
+use iot_connector_ipc::ExitStatus;
 use iot_connector_proto::{Detail, ModbusDetail, MqttDetail, OpcuaDetail, Quality, Value};
-use iot_connector_runtime::{Sink, SinkOptions, init_logging, now_us, start};
+use iot_connector_runtime::{Context, Failure, Sink, Worker, health, now_us};
+use iot_connector_tests::TEST_WORKER_ENV;
 
 #[derive(Debug, serde::Deserialize)]
 struct TestSource {
     #[serde(default = "unbounded")]
     count: u64,
-    #[serde(default = "modbus")]
-    table: String,
+    table: Option<String>,
     acked_file: Option<String>,
     #[serde(default)]
     payload_bytes: usize,
@@ -34,8 +38,48 @@ fn unbounded() -> u64 {
     u64::MAX
 }
 
-fn modbus() -> String {
-    "modbus".into()
+/// The parameters in the environment do not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("{TEST_WORKER_ENV} is not a test worker configuration: {0}")]
+struct BadParameters(#[source] toml::de::Error);
+
+impl Failure for BadParameters {
+    fn exit_status(&self) -> ExitStatus {
+        ExitStatus::Config
+    }
+}
+
+struct TestWorker {
+    source: TestSource,
+    table: String,
+}
+
+impl Worker for TestWorker {
+    type Source = Source;
+    type Error = BadParameters;
+    const NAME: &'static str = "Test";
+
+    fn prepare(source: Source, _: &Context) -> Result<Self, BadParameters> {
+        let text = std::env::var(TEST_WORKER_ENV).unwrap_or_default();
+        let parameters: TestSource = toml::from_str(&text).map_err(BadParameters)?;
+        let table = parameters
+            .table
+            .clone()
+            .unwrap_or_else(|| source.protocol().key().to_owned());
+        Ok(Self {
+            source: parameters,
+            table,
+        })
+    }
+
+    async fn run(self, _: Context, sink: Arc<Sink>) -> Result<(), BadParameters> {
+        push(self.source, &self.table, sink).await;
+        std::future::pending().await
+    }
+}
+
+fn main() -> ExitCode {
+    iot_connector_runtime::main::<TestWorker>()
 }
 
 /// The pace of an endless stream when no `rate` is given.
@@ -44,34 +88,8 @@ const STREAMING_RATE: u64 = 200;
 /// Every how many records one push-to-ack latency is sampled.
 const SAMPLE_EVERY: u64 = 64;
 
-fn main() -> ExitCode {
-    init_logging();
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return ExitCode::from(71);
-    };
-    runtime.block_on(run())
-}
-
-async fn run() -> ExitCode {
-    let (settings, mut control) = match start().await {
-        Ok(started) => started,
-        Err(e) => {
-            tracing::error!(error = %e, "Cannot start.");
-            return e.exit_status().into();
-        }
-    };
-    let source: TestSource = match toml::from_str(&settings.source_config) {
-        Ok(source) => source,
-        Err(e) => {
-            tracing::error!(error = %e, "Bad source_config.");
-            return iot_connector_ipc::ExitStatus::Config.into();
-        }
-    };
-    let sink = std::sync::Arc::new(Sink::connect(&settings, SinkOptions::default()).await);
-    iot_connector_runtime::health().set_connected(true);
+async fn push(source: TestSource, table: &str, sink: Arc<Sink>) {
+    health().set_connected(true);
     if let Some(path) = source.acked_file.clone() {
         let mut acked = sink.acked();
         tokio::spawn(async move {
@@ -91,9 +109,9 @@ async fn run() -> ExitCode {
             }
         });
     }
-    let samples = std::sync::Arc::new(std::sync::Mutex::new(Latencies::default()));
+    let samples = Arc::new(std::sync::Mutex::new(Latencies::default()));
     if source.latency_file.is_some() {
-        let (mut acked, samples) = (sink.acked(), std::sync::Arc::clone(&samples));
+        let (mut acked, samples) = (sink.acked(), Arc::clone(&samples));
         tokio::spawn(async move {
             while acked.changed().await.is_ok() {
                 let up_to = (*acked.borrow_and_update()).unwrap_or(0);
@@ -117,12 +135,12 @@ async fn run() -> ExitCode {
         }
         pushed += 1;
         let seq = sink.next_seq();
-        if seq % SAMPLE_EVERY == 0
+        if seq.is_multiple_of(SAMPLE_EVERY)
             && let Ok(mut samples) = samples.lock()
         {
             samples.pending.push_back((seq, std::time::Instant::now()));
         }
-        let detail = match source.table.as_str() {
+        let detail = match table {
             "opcua" => Detail::Opcua(OpcuaDetail {
                 node_id: format!("ns=2;i={seq}"),
                 ..Default::default()
@@ -156,11 +174,6 @@ async fn run() -> ExitCode {
             tracing::warn!(path = %path, "Cannot write latency_file.");
         }
     }
-    tokio::select! {
-        () = control.closed() => {}
-        () = tokio::time::sleep(Duration::from_secs(3600)) => {}
-    }
-    ExitCode::SUCCESS
 }
 
 /// Sampled push-to-durable-ack latencies.

@@ -19,9 +19,9 @@
 //!   queued. Missed scans and records skipped because the uplink is behind are reported as
 //!   `gap` status rows, at most one of each every 10 s.
 
-use std::{collections::HashSet, future::Future, io, time::Duration};
+use std::{future::Future, io, time::Duration};
 
-use iot_connector_config::{DataType, ModbusRegister, ModbusSource, Parity, RegisterKind};
+use iot_connector_config::{ModbusRegister, ModbusSource, Parity, RegisterKind};
 use iot_connector_proto::{Detail, ModbusDetail, Quality, StatusDetail, StatusEvent, Value};
 use iot_connector_runtime::{Backoff, Sink, WindowFull, health, now_us};
 use tokio::{net::TcpStream, time::Instant};
@@ -44,8 +44,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const GAP_REPORT_EVERY: Duration = Duration::from_secs(10);
 /// How often a log line caused by device data (exceptions, malformed answers) is repeated at most.
 const LOG_EVERY: Duration = Duration::from_secs(60);
-/// Unit ids an RTU slave may have (0 is broadcast: it never answers).
-const RTU_UNIT_IDS: std::ops::RangeInclusive<u8> = 1..=247;
 
 /// Serial line settings of `rtu://`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,71 +89,30 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// Parses `endpoint` and the serial keys, reporting every problem.
-    pub fn parse(source: &ModbusSource) -> Result<Self, Vec<String>> {
+    /// The endpoint of a source the supervisor validated (`iot-connector-config` holds the
+    /// rules and reports them with their place); what is left to fail here is a slice that
+    /// was never validated.
+    pub fn parse(source: &ModbusSource) -> Result<Self, String> {
         let text = source.endpoint.trim();
-        let serial_keys = source.baud_rate.is_some()
-            || source.parity.is_some()
-            || source.data_bits.is_some()
-            || source.stop_bits.is_some();
-        let mut problems = Vec::new();
-        let endpoint = if let Some(rest) = text.strip_prefix("tcp://") {
+        if let Some(rest) = text.strip_prefix("tcp://") {
             host_port(rest).map(Self::Tcp)
         } else if let Some(rest) = text.strip_prefix("rtu+tcp://") {
             host_port(rest).map(Self::RtuOverTcp)
-        } else if let Some(path) = text.strip_prefix("rtu://") {
-            if path.starts_with('/') {
-                let serial = Serial {
+        } else if let Some(path) = text.strip_prefix("rtu://").filter(|p| p.starts_with('/')) {
+            Ok(Self::Rtu {
+                path: path.to_owned(),
+                serial: Serial {
                     baud_rate: source.baud_rate.unwrap_or(9600),
                     parity: source.parity.unwrap_or(Parity::None),
                     data_bits: source.data_bits.unwrap_or(8),
                     stop_bits: source.stop_bits.unwrap_or(1),
-                };
-                if serial.baud_rate == 0 {
-                    problems.push("baud_rate must be above 0".to_owned());
-                }
-                if !matches!(serial.data_bits, 7 | 8) {
-                    problems.push(format!("data_bits is {}: use 7 or 8", serial.data_bits));
-                }
-                if !matches!(serial.stop_bits, 1 | 2) {
-                    problems.push(format!("stop_bits is {}: use 1 or 2", serial.stop_bits));
-                }
-                Ok(Self::Rtu {
-                    path: path.to_owned(),
-                    serial,
-                })
-            } else {
-                Err(format!(
-                    "endpoint {text:?}: an RTU endpoint is rtu:// and an absolute device path, \
-                     e.g. rtu:///dev/ttyUSB0"
-                ))
-            }
+                },
+            })
         } else {
             Err(format!(
                 "endpoint {text:?}: use tcp://host:port, rtu:///dev/ttyX or rtu+tcp://host:port"
             ))
-        };
-        let endpoint = match endpoint {
-            Ok(endpoint) => Some(endpoint),
-            Err(problem) => {
-                problems.push(problem);
-                None
-            }
-        };
-        if serial_keys && !matches!(endpoint, Some(Self::Rtu { .. }) | None) {
-            problems.push(
-                "baud_rate, parity, data_bits and stop_bits apply to rtu:// endpoints only"
-                    .to_owned(),
-            );
         }
-        match endpoint {
-            Some(endpoint) if problems.is_empty() => Ok(endpoint),
-            _ => Err(problems),
-        }
-    }
-
-    fn is_rtu(&self) -> bool {
-        !matches!(self, Self::Tcp(_))
     }
 
     fn frame_gap(&self) -> Duration {
@@ -205,104 +162,32 @@ pub struct Device {
 }
 
 impl Device {
-    /// Validates a source, reporting every problem with its place.
-    pub fn new(source: ModbusSource) -> Result<Self, Vec<String>> {
-        let mut problems = Vec::new();
-        let endpoint = Endpoint::parse(&source)
-            .map_err(|p| problems.extend(p))
-            .ok();
-        if source.timeout_ms == 0 {
-            problems.push("timeout_ms must be above 0".to_owned());
-        }
-        if source.poll_interval_ms == 0 {
-            problems.push("poll_interval_ms must be above 0".to_owned());
-        }
-        if source.registers.is_empty() {
-            problems.push("registers is empty: nothing to poll".to_owned());
-        }
-        let rtu = endpoint.as_ref().is_some_and(Endpoint::is_rtu);
-        let mut names = HashSet::new();
-        let mut tags = Vec::with_capacity(source.registers.len());
-        for (i, register) in source.registers.iter().enumerate() {
-            let at = format!("registers[{i}] ({:?})", register.name);
-            if !names.insert(register.name.as_str()) {
-                problems.push(format!("{at}: the name is used twice"));
-            }
-            match tag(register, source.poll_interval_ms, rtu) {
-                Ok(tag) => tags.push(tag),
-                Err(p) => problems.extend(p.into_iter().map(|p| format!("{at}: {p}"))),
-            }
-        }
-        match endpoint {
-            Some(endpoint) if problems.is_empty() => Ok(Self {
-                name: source.endpoint.trim().to_owned(),
-                endpoint,
-                timeout: Duration::from_millis(source.timeout_ms),
-                max_gap: source.max_gap,
-                registers: source.registers,
-                tags,
-            }),
-            _ => Err(problems),
-        }
+    /// The device of a source the supervisor validated.
+    pub fn new(source: ModbusSource) -> Result<Self, String> {
+        let endpoint = Endpoint::parse(&source)?;
+        let tags = source
+            .registers
+            .iter()
+            .map(|register| tag(register, source.poll_interval_ms))
+            .collect();
+        Ok(Self {
+            name: source.endpoint.trim().to_owned(),
+            endpoint,
+            timeout: Duration::from_millis(source.timeout_ms),
+            max_gap: source.max_gap,
+            registers: source.registers,
+            tags,
+        })
     }
 }
 
-fn tag(register: &ModbusRegister, default_interval_ms: u64, rtu: bool) -> Result<Tag, Vec<String>> {
-    let mut problems = Vec::new();
-    let bits = matches!(register.kind, RegisterKind::Coil | RegisterKind::Discrete);
-    if bits && register.data_type != DataType::Bool {
-        problems
-            .push("coils and discrete inputs are single bits: data_type must be \"bool\"".into());
-    }
-    match (register.data_type, register.length) {
-        (DataType::String, None | Some(0)) => {
-            problems.push("a string needs length, its number of registers".into());
-        }
-        (DataType::String, Some(n)) if n > plan::MAX_REGISTERS => problems.push(format!(
-            "length {n} is more than the {} registers one read can return",
-            plan::MAX_REGISTERS
-        )),
-        (DataType::String, _) | (_, None) => {}
-        (_, Some(_)) => problems.push("length applies to data_type \"string\" only".into()),
-    }
-    let count = decode::register_count(register.data_type, register.length).max(1);
-    if u32::from(register.address) + u32::from(count) > 65_536 {
-        problems.push(format!(
-            "{count} registers from address {} run past address 65535",
-            register.address
-        ));
-    }
-    let interval_ms = register.poll_interval_ms.unwrap_or(default_interval_ms);
-    if register.poll_interval_ms == Some(0) {
-        problems.push("poll_interval_ms must be above 0".into());
-    }
-    if register.heartbeat_ms == Some(0) {
-        problems.push("heartbeat_ms must be above 0".into());
-    }
-    if let Some(deadband) = register.deadband
-        && !(deadband.is_finite() && deadband >= 0.0)
-    {
-        problems.push(format!("deadband {deadband} must be a number of 0 or more"));
-    }
-    if !register.scale.is_finite() || !register.offset.is_finite() {
-        problems.push("scale and offset must be finite numbers".into());
-    }
-    if rtu && !RTU_UNIT_IDS.contains(&register.unit_id) {
-        problems.push(format!(
-            "unit_id {} is not an RTU slave address (1 to 247)",
-            register.unit_id
-        ));
-    }
-    if problems.is_empty() {
-        Ok(Tag {
-            unit_id: register.unit_id,
-            kind: register.kind,
-            address: register.address,
-            count,
-            interval_ms,
-        })
-    } else {
-        Err(problems)
+fn tag(register: &ModbusRegister, default_interval_ms: u64) -> Tag {
+    Tag {
+        unit_id: register.unit_id,
+        kind: register.kind,
+        address: register.address,
+        count: decode::register_count(register.data_type, register.length).max(1),
+        interval_ms: register.poll_interval_ms.unwrap_or(default_interval_ms),
     }
 }
 
@@ -554,14 +439,8 @@ pub trait Output {
         detail: Detail,
     ) -> Result<u64, WindowFull>;
 
-    /// Queues a record, waiting for room (status rows).
-    fn push(
-        &self,
-        event_time_us: i64,
-        quality: Quality,
-        value: Value,
-        detail: Detail,
-    ) -> impl Future<Output = u64>;
+    /// Queues a status row, waiting for room.
+    fn status(&self, event: StatusEvent, detail: String, count: u64) -> impl Future<Output = u64>;
 }
 
 impl Output for Sink {
@@ -575,14 +454,8 @@ impl Output for Sink {
         Sink::try_push(self, event_time_us, quality, value, detail)
     }
 
-    fn push(
-        &self,
-        event_time_us: i64,
-        quality: Quality,
-        value: Value,
-        detail: Detail,
-    ) -> impl Future<Output = u64> {
-        Sink::push(self, event_time_us, quality, value, detail)
+    fn status(&self, event: StatusEvent, detail: String, count: u64) -> impl Future<Output = u64> {
+        Sink::status(self, event, detail, count)
     }
 }
 
@@ -705,7 +578,7 @@ fn exception_text(code: ExceptionCode) -> String {
 }
 
 /// tokio-modbus 0.17 reports a connection the device closed as `io::Error::last_os_error()`,
-/// usually a stale `EAGAIN` (research/crates-protocols.md §3; fixed upstream, unreleased). An
+/// usually a stale `EAGAIN` (fixed upstream, unreleased). An
 /// async read never surfaces a real `WouldBlock`, so that one is said plainly. Only the text
 /// changes: every transport error drops the connection the same way.
 fn closed_or(error: io::Error) -> io::Error {
@@ -1076,7 +949,7 @@ impl<'a, O: Output> Poller<'a, O> {
         if matches!(self.told, Told::Disconnected { .. }) {
             health().reconnected();
         }
-        self.status(StatusEvent::Connected, detail, 0).await;
+        self.out.status(StatusEvent::Connected, detail, 0).await;
         self.told = Told::Connected;
     }
 
@@ -1100,7 +973,8 @@ impl<'a, O: Output> Poller<'a, O> {
                     retryable = failure.is_retryable(),
                     "Lost the device; reconnecting with backoff."
                 );
-                self.status(StatusEvent::Disconnected, failure.to_string(), 0)
+                self.out
+                    .status(StatusEvent::Disconnected, failure.to_string(), 0)
                     .await;
                 self.told = Told::Disconnected {
                     since: Instant::now(),
@@ -1108,21 +982,6 @@ impl<'a, O: Output> Poller<'a, O> {
                 };
             }
         }
-    }
-
-    async fn status(&self, event: StatusEvent, detail: String, count: u64) {
-        self.out
-            .push(
-                now_us(),
-                Quality::Good,
-                Value::Null,
-                Detail::Status(StatusDetail {
-                    event,
-                    detail,
-                    count,
-                }),
-            )
-            .await;
     }
 
     /// Writes `gap` rows for missed scans and skipped records, at most every 10 s.
@@ -1168,7 +1027,7 @@ impl<'a, O: Output> Poller<'a, O> {
 mod tests {
     use std::cell::RefCell;
 
-    use iot_connector_config::ByteOrder;
+    use iot_connector_config::{ByteOrder, DataType};
     use proptest::prelude::*;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -1257,14 +1116,30 @@ mod tests {
     }
 
     #[test]
-    fn serial_keys_are_checked_and_belong_to_rtu_only() {
-        let mut tcp = source("tcp://plc:502", Vec::new());
-        tcp.baud_rate = Some(19_200);
-        assert_eq!(Endpoint::parse(&tcp).unwrap_err().len(), 1);
+    fn each_endpoint_form_names_its_link_and_serial_settings_default_to_9600_8n1() {
         let mut rtu = source("rtu:///dev/ttyS0", Vec::new());
-        rtu.data_bits = Some(9);
-        rtu.stop_bits = Some(3);
-        assert_eq!(Endpoint::parse(&rtu).unwrap_err().len(), 2);
+        rtu.parity = Some(Parity::Even);
+        assert_eq!(
+            Endpoint::parse(&rtu),
+            Ok(Endpoint::Rtu {
+                path: "/dev/ttyS0".into(),
+                serial: Serial {
+                    baud_rate: 9600,
+                    parity: Parity::Even,
+                    data_bits: 8,
+                    stop_bits: 1,
+                },
+            })
+        );
+        assert_eq!(
+            Endpoint::parse(&source("tcp://plc", Vec::new())),
+            Ok(Endpoint::Tcp("plc:502".into()))
+        );
+        assert_eq!(
+            Endpoint::parse(&source("rtu+tcp://gw:4001", Vec::new())),
+            Ok(Endpoint::RtuOverTcp("gw:4001".into()))
+        );
+        assert!(Endpoint::parse(&source("udp://plc", Vec::new())).is_err());
     }
 
     #[test]
@@ -1287,44 +1162,6 @@ mod tests {
             serial(115_200, Parity::None).frame_gap(),
             Duration::from_micros(1750)
         );
-    }
-
-    #[test]
-    fn every_problem_of_a_source_is_reported_at_once() {
-        let mut string = register("name", RegisterKind::Holding, 0, DataType::String);
-        string.length = None;
-        let mut long = register("long", RegisterKind::Holding, 0, DataType::String);
-        long.length = Some(126);
-        let mut stray = holding("stray", 0);
-        stray.length = Some(2);
-        let mut broadcast = holding("broadcast", 3);
-        broadcast.unit_id = 0;
-        let mut deadband = holding("deadband", 4);
-        deadband.deadband = Some(f64::NAN);
-        let registers = vec![
-            register("coil", RegisterKind::Coil, 0, DataType::Float32),
-            string,
-            long,
-            stray,
-            register("end", RegisterKind::Input, 65_535, DataType::Uint32),
-            holding("twice", 1),
-            holding("twice", 2),
-            broadcast,
-            deadband,
-        ];
-        let problems = Device::new(source("rtu+tcp://gw:502", registers)).unwrap_err();
-        assert_eq!(problems.len(), 8, "{problems:#?}");
-        assert!(
-            problems
-                .iter()
-                .any(|p| p.starts_with("registers[0] (\"coil\")"))
-        );
-        assert!(problems.iter().any(|p| p.contains("unit_id 0")));
-        // The same broadcast unit id is fine on Modbus TCP.
-        let mut unit_zero = holding("zero", 0);
-        unit_zero.unit_id = 0;
-        assert!(Device::new(source("tcp://plc", vec![unit_zero])).is_ok());
-        assert!(Device::new(source("tcp://plc", Vec::new())).is_err());
     }
 
     #[test]
@@ -1487,10 +1324,7 @@ mod tests {
         let mut float = register("f", RegisterKind::Holding, 12, DataType::Float32);
         float.byte_order = ByteOrder::CDAB;
         let registers = vec![holding("a", 10), float];
-        let tags: Vec<Tag> = registers
-            .iter()
-            .map(|r| tag(r, 1000, false).unwrap())
-            .collect();
+        let tags: Vec<Tag> = registers.iter().map(|r| tag(r, 1000)).collect();
         let plan = Plan::new(&tags, 10);
         let block = &plan.groups[0].blocks[0];
         assert_eq!((block.start, block.count), (10, 4));
@@ -1588,14 +1422,21 @@ mod tests {
             Ok(records.len() as u64)
         }
 
-        fn push(
+        fn status(
             &self,
-            at: i64,
-            quality: Quality,
-            value: Value,
-            detail: Detail,
+            event: StatusEvent,
+            detail: String,
+            count: u64,
         ) -> impl Future<Output = u64> {
-            std::future::ready(self.try_push(at, quality, value, detail).unwrap_or(0))
+            let detail = Detail::Status(StatusDetail {
+                event,
+                detail,
+                count,
+            });
+            std::future::ready(
+                self.try_push(0, Quality::Good, Value::Null, detail)
+                    .unwrap_or(0),
+            )
         }
     }
 

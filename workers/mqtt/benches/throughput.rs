@@ -24,7 +24,7 @@
 )]
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -32,10 +32,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use iot_connector_ipc::{FrameReader, FrameWriter, Phase, handshake, new_token, os};
+use iot_connector_config::Source;
+use iot_connector_ipc::{FrameReader, FrameWriter, expect, new_token};
 use iot_connector_proto::{
     ChildReport, Message, Role, SourceGrant, SpoolPolicy, Table, UplinkSettings, WorkerSettings,
 };
+use iot_connector_tests::Process;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use tokio::{
     net::unix::{OwnedReadHalf, OwnedWriteHalf},
@@ -44,51 +46,6 @@ use tokio::{
 
 const LIVE_MESSAGES: u64 = 150_000;
 const BACKLOG_MESSAGES: u64 = 300_000;
-
-/// The release binaries, next to this bench's `deps/` folder.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --release -p iot-connector-uplink -p iot-connector-mqtt` first",
-        path.display()
-    );
-    path
-}
-
-struct Process {
-    child: Child,
-    reader: FrameReader<OwnedReadHalf>,
-    writer: FrameWriter<OwnedWriteHalf>,
-}
-
-async fn spawn(name: &str, role: Role, configure: Message) -> Process {
-    let mut command = Command::new(binary(name));
-    command.env("RUST_LOG", "warn").kill_on_drop(true);
-    let (child, control) = os::spawn_with_control(&mut command).unwrap();
-    let (rx, tx) = control.into_split();
-    let mut process = Process {
-        child,
-        reader: FrameReader::new(rx),
-        writer: FrameWriter::new(tx),
-    };
-    handshake(
-        &mut process.reader,
-        &mut process.writer,
-        Role::Supervisor,
-        role,
-    )
-    .await
-    .unwrap();
-    process.writer.send(&configure).await.unwrap();
-    process
-        .reader
-        .recv_in(Phase::SupervisorAwaitingReady)
-        .await
-        .unwrap();
-    process
-}
 
 /// The worker's heartbeats: when each arrived and how many records were durable by then.
 #[derive(Default)]
@@ -143,9 +100,7 @@ fn follow(mut worker: FrameReader<OwnedReadHalf>) -> Arc<Progress> {
     let progress = Arc::new(Progress::default());
     let shared = Arc::clone(&progress);
     tokio::spawn(async move {
-        while let Ok(Message::Heartbeat(ChildReport::Worker(report))) =
-            worker.recv_in(Phase::SupervisorMonitoring).await
-        {
+        while let Ok(ChildReport::Worker(report)) = worker.expect(expect::HEARTBEAT).await {
             let durable = report.records_read.saturating_sub(report.unacked);
             shared
                 .samples
@@ -246,21 +201,30 @@ async fn connector(dir: &Path, port: u16, qos: u8) -> (Connector, u64) {
         zerobus: None,
         grants: vec![grant],
     };
-    let uplink = spawn(
+    // The release binaries: `cargo build --release --workspace` first.
+    let uplink = Process::spawn(
         "iot-connector-uplink",
         Role::Uplink,
         Message::ConfigureUplink(Box::new(uplink_settings.clone())),
+        None,
+        &[],
     )
-    .await;
+    .await
+    .unwrap();
     let settings = WorkerSettings {
         connector_id: "bench".into(),
         source: "bench".into(),
         data_socket: uplink_settings.data_socket,
         token,
-        source_config: format!(
-            "name = \"bench\"\nendpoint = \"mqtt://127.0.0.1:{port}\"\n\
-             topics = [{{ filter = \"bench/#\", qos = {qos}, payload = \"text\" }}]\n"
-        ),
+        state_dir: dir.display().to_string(),
+        source_config: Source::Mqtt(
+            toml::from_str(&format!(
+                "name = \"bench\"\nendpoint = \"mqtt://127.0.0.1:{port}\"\n\
+                 topics = [{{ filter = \"bench/#\", qos = {qos}, payload = \"text\" }}]\n"
+            ))
+            .unwrap(),
+        )
+        .to_slice(),
     };
     let mut connector = Connector {
         _uplink: uplink,
@@ -278,14 +242,18 @@ async fn connector(dir: &Path, port: u16, qos: u8) -> (Connector, u64) {
 
 impl Connector {
     async fn start_worker(&mut self) {
-        let worker = spawn(
+        let (child, reader, writer) = Process::spawn(
             "iot-connector-mqtt",
             Role::Worker,
             Message::ConfigureWorker(self.settings.clone()),
+            None,
+            &[],
         )
-        .await;
-        self.progress = follow(worker.reader);
-        self.worker = Some((worker.child, worker.writer));
+        .await
+        .unwrap()
+        .into_parts();
+        self.progress = follow(reader);
+        self.worker = Some((child, writer));
     }
 
     async fn stop_worker(&mut self) {

@@ -15,73 +15,51 @@
 mod payload;
 mod session;
 
-use std::process::ExitCode;
+use std::{process::ExitCode, sync::Arc};
 
 use iot_connector_config::MqttSource;
 use iot_connector_ipc::ExitStatus;
-use iot_connector_runtime::{Sink, SinkOptions, StartError, init_logging, start};
+use iot_connector_runtime::{Context, Failure, Sink, Worker};
 
-/// Why the worker stopped.
+/// The source cannot be used as configured.
 #[derive(Debug, thiserror::Error)]
-enum MainError {
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(#[source] std::io::Error),
-    #[error("cannot start: {0}")]
-    Start(#[from] StartError),
-    #[error("the MQTT source configuration does not parse: {0}")]
-    Parse(#[source] toml::de::Error),
-    #[error("the MQTT source configuration is invalid: {}", .0.join("; "))]
-    Invalid(Vec<String>),
+#[error("the MQTT source configuration is invalid: {}", .0.join("; "))]
+struct InvalidSource(Vec<String>);
+
+impl Failure for InvalidSource {
+    fn exit_status(&self) -> ExitStatus {
+        ExitStatus::Config
+    }
 }
 
-impl MainError {
-    fn exit_status(&self) -> ExitStatus {
-        match self {
-            Self::Runtime(_) => ExitStatus::OsErr,
-            Self::Start(e) => e.exit_status(),
-            Self::Parse(_) | Self::Invalid(_) => ExitStatus::Config,
-        }
+struct Mqtt {
+    plan: session::Plan,
+    decoder: payload::Decoder,
+}
+
+impl Worker for Mqtt {
+    type Source = MqttSource;
+    type Error = InvalidSource;
+    const NAME: &'static str = "MQTT";
+
+    fn prepare(source: MqttSource, context: &Context) -> Result<Self, InvalidSource> {
+        // rustls wants one process-wide crypto provider before any TLS configuration is built:
+        // ring, the project's one crypto stack (aws-lc is not even compiled in). An error only
+        // means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let plan = session::Plan::new(&source, &context.connector_id, &context.source_name)
+            .map_err(InvalidSource)?;
+        let decoder = payload::Decoder::new(&source.topics);
+        tracing::info!(source = %context.source_name, plan = ?plan, "Starting.");
+        Ok(Self { plan, decoder })
+    }
+
+    async fn run(self, _: Context, sink: Arc<Sink>) -> Result<(), InvalidSource> {
+        session::run(self.plan, self.decoder, sink).await;
+        Ok(())
     }
 }
 
 fn main() -> ExitCode {
-    init_logging();
-    // rustls wants one process-wide crypto provider before any TLS configuration is built:
-    // ring, the project's one crypto stack (aws-lc is not even compiled in). An error only
-    // means one is installed already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    match run() {
-        Ok(()) => ExitStatus::Ok.into(),
-        Err(e) => {
-            tracing::error!(error = %e, "The MQTT worker stopped.");
-            e.exit_status().into()
-        }
-    }
-}
-
-fn run() -> Result<(), MainError> {
-    // One source per process: a single thread is enough, and keeps the worker small.
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(MainError::Runtime)?
-        .block_on(serve())
-}
-
-async fn serve() -> Result<(), MainError> {
-    let (settings, mut control) = start().await?;
-    let source: MqttSource = toml::from_str(&settings.source_config).map_err(MainError::Parse)?;
-    let plan = session::Plan::new(&source, &settings.connector_id, &settings.source)
-        .map_err(MainError::Invalid)?;
-    let decoder = payload::Decoder::new(&source.topics);
-    tracing::info!(source = %settings.source, plan = ?plan, "Starting.");
-    let sink = Sink::connect(&settings, SinkOptions::default()).await;
-    tokio::select! {
-        () = control.closed() => {
-            // Unacknowledged messages are redelivered by the broker to the next worker.
-            tracing::info!(source = %settings.source, "The supervisor closed the control channel; stopping.");
-        }
-        () = session::run(plan, decoder, sink) => {}
-    }
-    Ok(())
+    iot_connector_runtime::main::<Mqtt>()
 }

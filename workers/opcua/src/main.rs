@@ -24,34 +24,24 @@ mod nodes;
 mod pki;
 mod session;
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{process::ExitCode, sync::Arc};
 
 use iot_connector_config::OpcuaSource;
 use iot_connector_ipc::ExitStatus;
-use iot_connector_runtime::{Sink, SinkOptions, StartError, init_logging, start};
+use iot_connector_runtime::{Context, Failure, Sink, SinkOptions, Worker};
 
 use crate::{
     nodes::Plan,
-    session::{SessionError, Worker},
+    session::{Identity, SessionError},
 };
 
-/// How long a stopping worker waits for its last records to become durable.
-const FLUSH_ON_STOP: Duration = Duration::from_secs(2);
 /// Records in flight to the uplink at most: enough for full batches, small enough that 10 000
 /// monitored items fit the memory budget (8 MB + 1 KB per item).
 const WINDOW: usize = 2048;
-/// Where the supervisor says the state directory is.
-const STATE_DIR_ENV: &str = "IOT_CONNECTOR_STATE_DIR";
 
-/// Why the worker stopped.
+/// Why the worker cannot go on.
 #[derive(Debug, thiserror::Error)]
-enum MainError {
-    /// The supervisor's control channel failed during start-up.
-    #[error("cannot start: {0}")]
-    Start(#[from] StartError),
-    /// The configuration slice is not an OPC-UA source.
-    #[error("source_config is not an OPC-UA source: {0}")]
-    Parse(#[source] toml::de::Error),
+enum OpcuaError {
     /// The source is invalid.
     #[error("invalid OPC-UA source {source_name:?}: {}", problems.join("; "))]
     Invalid {
@@ -69,17 +59,12 @@ enum MainError {
         #[source]
         error: SessionError,
     },
-    /// The async runtime could not be built.
-    #[error("cannot build the async runtime: {0}")]
-    Runtime(#[source] std::io::Error),
 }
 
-impl MainError {
+impl Failure for OpcuaError {
     fn exit_status(&self) -> ExitStatus {
         match self {
-            Self::Start(e) => e.exit_status(),
-            Self::Parse(_)
-            | Self::Invalid { .. }
+            Self::Invalid { .. }
             | Self::Session {
                 error: SessionError::Config(_),
                 ..
@@ -87,63 +72,64 @@ impl MainError {
             Self::Session {
                 error: SessionError::Pki(_),
                 ..
-            }
-            | Self::Runtime(_) => ExitStatus::OsErr,
+            } => ExitStatus::OsErr,
         }
+    }
+}
+
+struct Opcua {
+    source: OpcuaSource,
+    plan: Plan,
+    identity: Identity,
+}
+
+impl Worker for Opcua {
+    type Source = OpcuaSource;
+    type Error = OpcuaError;
+    const NAME: &'static str = "OPC-UA";
+
+    fn sink_options() -> SinkOptions {
+        SinkOptions {
+            window: WINDOW,
+            ..SinkOptions::default()
+        }
+    }
+
+    fn prepare(source: OpcuaSource, context: &Context) -> Result<Self, OpcuaError> {
+        let invalid = |problems| OpcuaError::Invalid {
+            source_name: context.source_name.clone(),
+            problems,
+        };
+        let identity = session::check(&source).map_err(invalid)?;
+        let plan = Plan::new(&source).map_err(invalid)?;
+        Ok(Self {
+            source,
+            plan,
+            identity,
+        })
+    }
+
+    async fn run(self, context: Context, sink: Arc<Sink>) -> Result<(), OpcuaError> {
+        let session = |error| OpcuaError::Session {
+            source_name: context.source_name.clone(),
+            error,
+        };
+        session::Worker::new(
+            self.source,
+            self.plan,
+            self.identity,
+            &context.connector_id,
+            &context.state_dir,
+            sink,
+        )
+        .await
+        .map_err(session)?
+        .run()
+        .await;
+        Ok(())
     }
 }
 
 fn main() -> ExitCode {
-    init_logging();
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(MainError::Runtime)
-        .and_then(|runtime| runtime.block_on(run()));
-    match result {
-        Ok(()) => ExitStatus::Ok.into(),
-        Err(e) => {
-            tracing::error!(error = %e, "OPC-UA worker stopped.");
-            e.exit_status().into()
-        }
-    }
-}
-
-/// `$IOT_CONNECTOR_STATE_DIR`, else `$STATE_DIRECTORY` (systemd), else `./state`, as the
-/// supervisor resolves `[connector] state_dir`.
-fn state_dir() -> PathBuf {
-    std::env::var_os(STATE_DIR_ENV)
-        .or_else(|| std::env::var_os("STATE_DIRECTORY"))
-        .map_or_else(|| PathBuf::from("state"), PathBuf::from)
-}
-
-async fn run() -> Result<(), MainError> {
-    let (settings, mut control) = start().await?;
-    let source: OpcuaSource = toml::from_str(&settings.source_config).map_err(MainError::Parse)?;
-    let source_name = source.name.clone();
-    let invalid = |problems| MainError::Invalid {
-        source_name: source_name.clone(),
-        problems,
-    };
-    let identity = session::check(&source).map_err(invalid)?;
-    let plan = Plan::new(&source).map_err(invalid)?;
-    let sink = tokio::select! {
-        sink = Sink::connect(&settings, SinkOptions { window: WINDOW, ..SinkOptions::default() }) => Arc::new(sink),
-        () = control.closed() => return Ok(()),
-    };
-    let state_dir = state_dir();
-    let worker = tokio::select! {
-        worker = Worker::new(source, plan, identity, &settings.connector_id, &state_dir, Arc::clone(&sink)) => {
-            worker.map_err(|error| MainError::Session { source_name: source_name.clone(), error })?
-        }
-        () = control.closed() => return Ok(()),
-    };
-    tokio::select! {
-        () = worker.run() => {}
-        () = control.closed() => {
-            tracing::info!(source = %source_name, "The supervisor closed the control channel; stopping.");
-        }
-    }
-    let _ = tokio::time::timeout(FLUSH_ON_STOP, sink.flush()).await;
-    Ok(())
+    iot_connector_runtime::main::<Opcua>()
 }

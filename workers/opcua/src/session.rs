@@ -38,7 +38,7 @@ use std::{
 
 use futures::StreamExt;
 use iot_connector_config::{OpcuaSource, SecurityMode, SecurityPolicy};
-use iot_connector_proto::{Detail, OpcuaDetail, Quality, StatusDetail, StatusEvent, Value};
+use iot_connector_proto::{Detail, OpcuaDetail, StatusEvent};
 use iot_connector_runtime::{Backoff, Sink, health, now_us};
 use opcua::{
     client::{
@@ -817,21 +817,6 @@ impl Worker {
         }
     }
 
-    async fn status(&self, event: StatusEvent, detail: String, count: u64) {
-        self.sink
-            .push(
-                now_us(),
-                Quality::Good,
-                Value::Null,
-                Detail::Status(StatusDetail {
-                    event,
-                    detail,
-                    count,
-                }),
-            )
-            .await;
-    }
-
     /// Runs an established connection until its session ends for good.
     async fn connected(&mut self, mut connection: Connection) {
         let session = Arc::clone(&connection.session);
@@ -871,12 +856,13 @@ impl Worker {
         ));
         warn!(source = %self.source.name, %code, "OPC-UA connection lost; reconnecting.");
         self.lost = Some((Instant::now(), code));
-        self.status(
-            StatusEvent::Disconnected,
-            format!("{}: {code}", self.source.endpoint),
-            0,
-        )
-        .await;
+        self.sink
+            .status(
+                StatusEvent::Disconnected,
+                format!("{}: {code}", self.source.endpoint),
+                0,
+            )
+            .await;
     }
 
     /// After the first connect: subscribe. After a reconnect: gap row, read every value once.
@@ -900,7 +886,7 @@ impl Worker {
                 }
             };
             info!(source = %self.source.name, down_ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX), kind, "OPC-UA session reconnected.");
-            self.status(
+            self.sink.status(
                 StatusEvent::Gap,
                 format!(
                     "{}: connection lost for {:.1} s ({code}); {kind}; values that changed meanwhile may be missing, current values read again",
@@ -921,18 +907,19 @@ impl Worker {
             self.read_current(session).await;
         }
         let items = self.nodes.read().map_or(0, |n| n.len());
-        self.status(
-            StatusEvent::Connected,
-            format!(
-                "{} ({:?}/{:?}), {} subscription(s)",
-                self.source.endpoint,
-                self.source.security_policy,
-                self.source.security_mode,
-                self.groups.len()
-            ),
-            u64::try_from(items).unwrap_or(u64::MAX),
-        )
-        .await;
+        self.sink
+            .status(
+                StatusEvent::Connected,
+                format!(
+                    "{} ({:?}/{:?}), {} subscription(s)",
+                    self.source.endpoint,
+                    self.source.security_policy,
+                    self.source.security_mode,
+                    self.groups.len()
+                ),
+                u64::try_from(items).unwrap_or(u64::MAX),
+            )
+            .await;
     }
 
     async fn subscribe_all(&mut self, session: &Arc<Session>) -> Result<(), String> {
@@ -1204,7 +1191,7 @@ impl Worker {
                             "The server took fewer items into the recreated subscription than before."
                         );
                     }
-                    self.status(
+                    self.sink.status(
                         StatusEvent::Gap,
                         format!(
                             "{}: subscription ({} ms) silent for {:.1} s while connected; recreated",

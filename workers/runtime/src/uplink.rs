@@ -1,22 +1,28 @@
-//! The worker's connection to the uplink: sequence numbers, batching, the window of
-//! unacknowledged records, and reconnection.
+//! The worker's connection to the uplink: the I/O shell around [`crate::window`]. [`Sink`] is
+//! what protocol code pushes into (backpressure through a semaphore of window permits); one
+//! connection task feeds the window's batches to the socket, its acks back into the window,
+//! and reconnects with backoff.
 
 use std::{
-    collections::VecDeque,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use iot_connector_ipc::{FrameReader, FrameWriter, IpcError, Phase, connect_data, handshake};
-use iot_connector_proto::{Detail, Message, Quality, Record, Role, Value, WorkerSettings};
+use iot_connector_ipc::{FrameReader, FrameWriter, IpcError, connect_data, expect, handshake};
+use iot_connector_proto::{
+    Detail, Message, Quality, Record, Role, StatusDetail, StatusEvent, Value, WorkerSettings,
+};
 use tokio::{
     io::{ReadHalf, WriteHalf},
     sync::{Semaphore, mpsc, watch},
     time::Instant,
 };
 
-use crate::{Backoff, now_us};
+use crate::{
+    Backoff, now_us,
+    window::{Limits, Sequence, Window},
+};
 
 type Stream = iot_connector_ipc::DataStream;
 
@@ -53,8 +59,8 @@ pub struct WindowFull;
 #[derive(Debug)]
 pub struct Sink {
     window: Arc<Semaphore>,
-    /// The next sequence number and the queue, under one lock so queue order is sequence order.
-    next: Mutex<(u64, mpsc::UnboundedSender<Record>)>,
+    /// The sequence and the queue, under one lock so queue order is sequence order.
+    next: Mutex<(Sequence, mpsc::UnboundedSender<Record>)>,
     acked: watch::Receiver<Option<u64>>,
 }
 
@@ -74,19 +80,20 @@ impl Sink {
         let window = Arc::new(Semaphore::new(options.window));
         let client = Client {
             link,
-            options,
+            linger: options.linger,
             records,
-            window: VecDeque::new(),
-            sent: 0,
+            window: Window::new(Limits {
+                max_batch: options.max_batch,
+                max_batch_bytes: options.max_batch_bytes,
+            }),
             permits: Arc::clone(&window),
             acked: acked_tx,
             backoff,
         };
         tokio::spawn(client.run(connection));
-        let first = last_durable.map_or(1, |s| s + 1);
         Self {
             window,
-            next: Mutex::new((first, queue)),
+            next: Mutex::new((Sequence::after(last_durable), queue)),
             acked,
         }
     }
@@ -104,6 +111,18 @@ impl Sink {
             permit.forget();
         }
         self.enqueue(event_time_us, quality, value, detail)
+    }
+
+    /// Queues one of this source's status rows (`connected`, `gap`, …), waiting for room like
+    /// [`Sink::push`].
+    pub async fn status(&self, event: StatusEvent, detail: String, count: u64) -> u64 {
+        let detail = Detail::Status(StatusDetail {
+            event,
+            detail,
+            count,
+        });
+        self.push(now_us(), Quality::Good, Value::Null, detail)
+            .await
     }
 
     /// Queues a record if the window has room, for sources that must not wait (a Modbus scan is
@@ -124,8 +143,7 @@ impl Sink {
             .next
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let seq = next.0;
-        next.0 += 1;
+        let seq = next.0.take();
         crate::health().pushed();
         let record = Record {
             seq,
@@ -146,6 +164,7 @@ impl Sink {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .0
+            .peek()
     }
 
     /// Durable-ack notifications: the highest sequence number the uplink holds durably.
@@ -188,11 +207,7 @@ impl Link {
                 token: self.token.clone(),
             })
             .await?;
-        let Message::Welcome { last_durable_seq } =
-            reader.recv_in(Phase::WorkerAwaitingWelcome).await?
-        else {
-            return Err(IpcError::Handshake("expected Welcome".into()));
-        };
+        let last_durable_seq = reader.expect(expect::WELCOME).await?;
         let (ack_tx, acks) = mpsc::unbounded_channel();
         tokio::spawn(read_acks(reader, ack_tx));
         Ok((Connection { writer, acks }, last_durable_seq))
@@ -220,11 +235,7 @@ async fn read_acks(
     acks: mpsc::UnboundedSender<Result<u64, IpcError>>,
 ) {
     loop {
-        let ack = match reader.recv_in(Phase::WorkerStreaming).await {
-            Ok(Message::Ack { up_to_seq }) => Ok(up_to_seq),
-            Ok(other) => Err(IpcError::Handshake(format!("unexpected {}", other.kind()))),
-            Err(e) => Err(e),
-        };
+        let ack = reader.expect(expect::ACK).await;
         let failed = ack.is_err();
         if acks.send(ack).is_err() || failed {
             return;
@@ -234,11 +245,9 @@ async fn read_acks(
 
 struct Client {
     link: Link,
-    options: SinkOptions,
+    linger: Duration,
     records: mpsc::UnboundedReceiver<Record>,
-    /// Pushed and not yet durable, in sequence order; the first `sent` went out on this connection.
-    window: VecDeque<Record>,
-    sent: usize,
+    window: Window,
     permits: Arc<Semaphore>,
     acked: watch::Sender<Option<u64>>,
     backoff: Backoff,
@@ -251,8 +260,8 @@ impl Client {
         loop {
             let Some(conn) = connection.as_mut() else {
                 let (conn, last_durable) = self.link.connect_until_welcome(&mut self.backoff).await;
-                self.ack_through(last_durable);
-                self.sent = 0;
+                let released = self.window.reconnected(last_durable);
+                self.released(released, last_durable);
                 tracing::info!(source = %self.link.source, resend = self.window.len(), "Reconnected to the uplink.");
                 connection = Some(conn);
                 deadline = (!self.window.is_empty()).then(Instant::now);
@@ -262,14 +271,18 @@ impl Client {
             tokio::select! {
                 record = self.records.recv() => match record {
                     Some(record) => {
-                        self.window.push_back(record);
-                        deadline.get_or_insert_with(|| Instant::now() + self.options.linger);
+                        self.window.push(record);
+                        deadline.get_or_insert_with(|| Instant::now() + self.linger);
                     }
                     None if self.window.is_empty() => return,
                     None => deadline = Some(Instant::now()),
                 },
-                ack = conn.acks.recv() => match ack {
-                    Some(Ok(up_to)) => self.ack_through(Some(up_to)),
+                ack = conn.acks.recv() => match ack.map(|a| a.map(|up_to| (up_to, self.window.acked(up_to)))) {
+                    Some(Ok((up_to, Ok(released)))) => self.released(released, Some(up_to)),
+                    Some(Ok((_, Err(e)))) => {
+                        tracing::error!(source = %self.link.source, error = %e, "The uplink broke the protocol; reconnecting.");
+                        connection = None;
+                    }
                     Some(Err(e)) => {
                         tracing::warn!(source = %self.link.source, error = %e, "Lost the uplink; will resend the unacknowledged window.");
                         connection = None;
@@ -284,66 +297,32 @@ impl Client {
                 }
             }
             if let Some(conn) = connection.as_mut()
-                && self.window.len() - self.sent >= self.options.max_batch
+                && self.window.has_full_batch()
             {
                 if self.send_batches(conn, false).await.is_err() {
                     connection = None;
                 }
-                deadline =
-                    (self.window.len() > self.sent).then(|| Instant::now() + self.options.linger);
+                deadline = (self.window.unsent() > 0).then(|| Instant::now() + self.linger);
             }
         }
     }
 
-    /// Sends the unsent part of the window in batches; a partial last batch only when `all`.
-    async fn send_batches(&mut self, conn: &mut Connection, all: bool) -> Result<(), IpcError> {
+    /// Sends the window's batches; a partial last batch only when `flush`.
+    async fn send_batches(&mut self, conn: &mut Connection, flush: bool) -> Result<(), IpcError> {
         while let Ok(record) = self.records.try_recv() {
-            self.window.push_back(record);
+            self.window.push(record);
         }
-        while self.sent < self.window.len() {
-            let mut bytes = 0;
-            let batch: Vec<Record> = self
-                .window
-                .iter()
-                .skip(self.sent)
-                .take(self.options.max_batch)
-                .take_while(|r| {
-                    bytes += approx_len(r);
-                    bytes <= self.options.max_batch_bytes
-                })
-                .cloned()
-                .collect();
-            let batch = if batch.is_empty() {
-                self.window
-                    .iter()
-                    .skip(self.sent)
-                    .take(1)
-                    .cloned()
-                    .collect()
-            } else {
-                batch
-            };
-            if batch.len() < self.options.max_batch && !all && bytes <= self.options.max_batch_bytes
-            {
-                return Ok(());
-            }
-            let n = batch.len();
+        while let Some(batch) = self.window.next_batch(flush) {
             conn.writer.send(&Message::Batch(batch)).await?;
-            self.sent += n;
         }
         Ok(())
     }
 
-    fn ack_through(&mut self, up_to: Option<u64>) {
-        let Some(up_to) = up_to else { return };
-        let mut released = 0;
-        while self.window.front().is_some_and(|r| r.seq <= up_to) {
-            self.window.pop_front();
-            released += 1;
-        }
-        self.sent = self.sent.saturating_sub(released);
+    /// Hands the permits of `released` records back and tells the waiters what is durable.
+    fn released(&mut self, released: usize, up_to: Option<u64>) {
         self.permits.add_permits(released);
         crate::health().acked(released as u64);
+        let Some(up_to) = up_to else { return };
         self.acked.send_if_modified(|acked| {
             let newer = acked.is_none_or(|a| up_to > a);
             if newer {
@@ -352,39 +331,4 @@ impl Client {
             newer
         });
     }
-}
-
-/// A cheap upper estimate of a record's encoded size, to keep batches under the frame limit.
-fn approx_len(record: &Record) -> usize {
-    let detail = match &record.detail {
-        Detail::Opcua(d) => {
-            d.endpoint.len()
-                + d.node_id.len()
-                + d.namespace_uri.len()
-                + d.browse_path.len()
-                + d.display_name.len()
-        }
-        Detail::Mqtt(d) => {
-            d.broker.len()
-                + d.topic.len()
-                + d.payload.len()
-                + d.payload_format.len()
-                + d.parse_error.as_ref().map_or(0, String::len)
-        }
-        Detail::Modbus(d) => {
-            d.device.len()
-                + d.register_kind.len()
-                + d.tag_name.len()
-                + d.data_type.len()
-                + d.raw.len()
-                + d.unit.len()
-        }
-        Detail::Status(d) => d.detail.len(),
-    };
-    let value = match &record.value {
-        Value::Str(s) | Value::Json(s) => s.len(),
-        Value::Bytes(b) => b.len(),
-        _ => 0,
-    };
-    64 + detail + value
 }

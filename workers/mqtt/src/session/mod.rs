@@ -48,7 +48,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use iot_connector_proto::{Detail, MqttDetail, Quality, StatusDetail, StatusEvent, Value};
+use iot_connector_proto::{Detail, MqttDetail, StatusEvent};
 use iot_connector_runtime::{Backoff, Sink, health, now_us};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
@@ -139,7 +139,7 @@ fn lock(ledger: &Mutex<Ledger>) -> std::sync::MutexGuard<'_, Ledger> {
 }
 
 /// Runs the session for good: connects, reconnects, delivers.
-pub async fn run(plan: Plan, decoder: Decoder, sink: Sink) {
+pub async fn run(plan: Plan, decoder: Decoder, sink: Arc<Sink>) {
     let (client, events) = client::new(&plan);
     let generation = Arc::new(AtomicU64::new(0));
     let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -280,7 +280,7 @@ impl RateLimit {
 struct Session {
     plan: Plan,
     decoder: Decoder,
-    sink: Sink,
+    sink: Arc<Sink>,
     durable: watch::Receiver<Option<u64>>,
     client: Client,
     events: EventLoop,
@@ -335,21 +335,6 @@ impl Session {
         }
     }
 
-    async fn status(&self, event: StatusEvent, detail: String, count: u64) {
-        self.sink
-            .push(
-                now_us(),
-                Quality::Good,
-                Value::Null,
-                Detail::Status(StatusDetail {
-                    event,
-                    detail,
-                    count,
-                }),
-            )
-            .await;
-    }
-
     async fn connected(&mut self, session_present: bool) {
         let first = self.link.connections == 0;
         self.link.connections += 1;
@@ -381,15 +366,16 @@ impl Session {
         } else {
             "new session"
         };
-        self.status(
-            StatusEvent::Connected,
-            format!(
-                "connected to {} as client id {:?} ({session})",
-                self.plan.broker, self.plan.client_id
-            ),
-            0,
-        )
-        .await;
+        self.sink
+            .status(
+                StatusEvent::Connected,
+                format!(
+                    "connected to {} as client id {:?} ({session})",
+                    self.plan.broker, self.plan.client_id
+                ),
+                0,
+            )
+            .await;
         let gap = if self.plan.clean_session {
             (!first).then(|| {
                 "clean_session = true: messages published while the connection was down were not queued by the broker"
@@ -405,7 +391,7 @@ impl Session {
         };
         if let Some(detail) = gap {
             tracing::warn!(source = %self.plan.source, "{detail}");
-            self.status(StatusEvent::Gap, detail, 0).await;
+            self.sink.status(StatusEvent::Gap, detail, 0).await;
         }
     }
 
@@ -451,7 +437,9 @@ impl Session {
             if let Some(suppressed) = self.gaps.allow() {
                 tracing::warn!(source = %self.plan.source, suppressed, "{}", gap.detail);
             }
-            self.status(StatusEvent::Gap, gap.detail, gap.count).await;
+            self.sink
+                .status(StatusEvent::Gap, gap.detail, gap.count)
+                .await;
         }
         let mut last = 0;
         for item in decoded.items {
@@ -524,7 +512,7 @@ impl Session {
             } else {
                 tracing::warn!(source = %self.plan.source, retry_ms = delay.as_millis(), "{}", failure.message);
             }
-            self.status(StatusEvent::Disconnected, detail, 0).await;
+            self.sink.status(StatusEvent::Disconnected, detail, 0).await;
         } else {
             tracing::debug!(source = %self.plan.source, retry_ms = delay.as_millis(), "{}", failure.message);
         }
