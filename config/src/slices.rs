@@ -10,12 +10,15 @@ fn lossy(path: &std::path::Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-fn table_name(tables: &Tables, table: Table) -> String {
-    match table {
-        Table::Opcua => tables.opcua.clone(),
-        Table::Mqtt => tables.mqtt.clone(),
-        Table::Modbus => tables.modbus.clone(),
-        Table::Status => tables.status.clone(),
+impl Tables {
+    /// The Delta table `table`'s records go to.
+    pub fn of(&self, table: Table) -> &str {
+        match table {
+            Table::Opcua => &self.opcua,
+            Table::Mqtt => &self.mqtt,
+            Table::Modbus => &self.modbus,
+            Table::Status => &self.status,
+        }
     }
 }
 
@@ -50,7 +53,7 @@ impl Loaded {
                 ca_pem: self.ca_pem.clone(),
                 proxy: z.proxy.clone(),
                 no_proxy: z.no_proxy.clone(),
-                tables: Table::ALL.map(|t| table_name(&z.tables, t)),
+                tables: Table::ALL.map(|t| z.tables.of(t).to_owned()),
             }),
             grants,
         }

@@ -14,6 +14,7 @@ use crate::{
     Connector, DataType, Http, ModbusSource, MqttSource, MqttVersion, OpcuaSource, PayloadFormat,
     RegisterKind, SecurityMode, SecurityPolicy, Source, SpoolConfig, Zerobus,
 };
+use iot_connector_proto::Table;
 
 /// Largest certificate or key file.
 const MAX_PEM_BYTES: u64 = 1 << 20;
@@ -299,12 +300,8 @@ fn check_zerobus(z: &Zerobus, at: &At<'_, '_, '_, '_>, p: &mut Problems) -> Opti
             );
         }
     }
-    for (key, name) in [
-        ("opcua", &z.tables.opcua),
-        ("mqtt", &z.tables.mqtt),
-        ("modbus", &z.tables.modbus),
-        ("status", &z.tables.status),
-    ] {
+    for table in Table::ALL {
+        let (key, name) = (table.key(), z.tables.of(table));
         if !is_table_name(name) {
             at.report(p, &format!("tables.{key}"), format!("{name:?} is not a table name: write CATALOG.SCHEMA.TABLE with letters, digits and `_`, e.g. \"iot.bronze.{key}_events\""));
         }
