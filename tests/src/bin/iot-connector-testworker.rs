@@ -5,7 +5,7 @@
 //!
 //! It takes any source's slice, and its parameters as TOML in `$IOT_CONNECTOR_TEST_WORKER`
 //! ([`iot_connector_tests::TEST_WORKER_ENV`], set by the test harness): `count` (last sequence
-//! number to push), `table` (`opcua`, `mqtt`, `modbus`; default: the source's protocol),
+//! number to push), `table` (a `Table` key; default: the table of the source's protocol),
 //! `acked_file` (optional path), `payload_bytes` (optional MQTT payload size), `rate` (records
 //! per second, unlimited when absent) and `latency_file` (optional path: the p50 and p99 of
 //! push-to-durable-ack latency in ms, sampled, written once everything is acknowledged).
@@ -18,7 +18,7 @@ use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use iot_connector_config::Source;
 use iot_connector_ipc::ExitStatus;
-use iot_connector_proto::{Detail, ModbusDetail, MqttDetail, OpcuaDetail, Quality, Value};
+use iot_connector_proto::{Detail, ModbusDetail, MqttDetail, OpcuaDetail, Quality, Table, Value};
 use iot_connector_runtime::{Context, Failure, Sink, Worker, health, now_us};
 use iot_connector_tests::TEST_WORKER_ENV;
 
@@ -38,10 +38,14 @@ fn unbounded() -> u64 {
     u64::MAX
 }
 
-/// The parameters in the environment do not parse.
+/// The parameters in the environment are not usable.
 #[derive(Debug, thiserror::Error)]
-#[error("{TEST_WORKER_ENV} is not a test worker configuration: {0}")]
-struct BadParameters(#[source] toml::de::Error);
+enum BadParameters {
+    #[error("{TEST_WORKER_ENV} is not a test worker configuration: {0}")]
+    Syntax(#[source] toml::de::Error),
+    #[error("{TEST_WORKER_ENV}: table {0:?} is not a table")]
+    Table(String),
+}
 
 impl Failure for BadParameters {
     fn exit_status(&self) -> ExitStatus {
@@ -51,7 +55,7 @@ impl Failure for BadParameters {
 
 struct TestWorker {
     source: TestSource,
-    table: String,
+    table: Table,
 }
 
 impl Worker for TestWorker {
@@ -61,11 +65,14 @@ impl Worker for TestWorker {
 
     fn prepare(source: Source, _: &Context) -> Result<Self, BadParameters> {
         let text = std::env::var(TEST_WORKER_ENV).unwrap_or_default();
-        let parameters: TestSource = toml::from_str(&text).map_err(BadParameters)?;
-        let table = parameters
-            .table
-            .clone()
-            .unwrap_or_else(|| source.protocol().key().to_owned());
+        let parameters: TestSource = toml::from_str(&text).map_err(BadParameters::Syntax)?;
+        let table = match &parameters.table {
+            None => source.protocol().table(),
+            Some(key) => Table::ALL
+                .into_iter()
+                .find(|t| t.key() == key)
+                .ok_or_else(|| BadParameters::Table(key.clone()))?,
+        };
         Ok(Self {
             source: parameters,
             table,
@@ -73,7 +80,7 @@ impl Worker for TestWorker {
     }
 
     async fn run(self, _: Context, sink: Arc<Sink>) -> Result<(), BadParameters> {
-        push(self.source, &self.table, sink).await;
+        push(self.source, self.table, sink).await;
         std::future::pending().await
     }
 }
@@ -88,7 +95,7 @@ const STREAMING_RATE: u64 = 200;
 /// Every how many records one push-to-ack latency is sampled.
 const SAMPLE_EVERY: u64 = 64;
 
-async fn push(source: TestSource, table: &str, sink: Arc<Sink>) {
+async fn push(source: TestSource, table: Table, sink: Arc<Sink>) {
     health().set_connected(true);
     if let Some(path) = source.acked_file.clone() {
         let mut acked = sink.acked();
@@ -141,15 +148,16 @@ async fn push(source: TestSource, table: &str, sink: Arc<Sink>) {
             samples.pending.push_back((seq, std::time::Instant::now()));
         }
         let detail = match table {
-            "opcua" => Detail::Opcua(OpcuaDetail {
+            Table::Opcua => Detail::Opcua(OpcuaDetail {
                 node_id: format!("ns=2;i={seq}"),
                 ..Default::default()
             }),
-            "modbus" => Detail::Modbus(ModbusDetail {
+            Table::Modbus => Detail::Modbus(ModbusDetail {
                 tag_name: format!("t{}", seq % 100),
                 ..Default::default()
             }),
-            _ => Detail::Mqtt(MqttDetail {
+            // The status table takes no data records: a test that names it gets MQTT rows.
+            Table::Mqtt | Table::Status => Detail::Mqtt(MqttDetail {
                 topic: "test/seq".into(),
                 payload: payload.clone(),
                 ..Default::default()
