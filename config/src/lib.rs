@@ -23,7 +23,6 @@ mod slices;
 mod tree;
 mod validate;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -47,15 +46,12 @@ pub struct Loaded {
     pub runtime_dir: PathBuf,
     /// `[zerobus] ca_file`'s PEM text, read at load time.
     ca_pem: Option<String>,
-    /// Each source's worker slice ([`Source::to_slice`]), by name.
-    slices: BTreeMap<String, Vec<u8>>,
     /// `[http] listen`, parsed.
     listen: SocketAddr,
 }
 
 impl std::fmt::Debug for Loaded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Not the slices: they hold the sources' secrets in clear.
         f.debug_struct("Loaded")
             .field("config", &self.config)
             .field("path", &self.path)

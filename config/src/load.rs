@@ -7,10 +7,9 @@
 //! 5. Deserialize section by section and source by source, so one problem does not hide another.
 //!    Within a part, a bad key or element is cut out and the part deserialized again, so that
 //!    all its unknown keys and bad values are reported too.
-//! 6. Check what serde cannot (`validate`), read the files the config names, build the slices.
+//! 6. Check what serde cannot (`validate`), read the files the config names, check that every slice reads back.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read};
 use std::ops::Range;
@@ -236,7 +235,7 @@ pub(crate) fn parse(
         sources,
     };
     absolute_paths(&mut config, &ctx);
-    let slices = worker_slices(&root, &config, &ctx, &mut p);
+    check_slices(&root, &config, &ctx, &mut p);
     match checked {
         Some(checked) if p.is_empty() => Ok(Loaded {
             config,
@@ -244,7 +243,6 @@ pub(crate) fn parse(
             state_dir: dirs.state_dir,
             runtime_dir: dirs.runtime_dir,
             ca_pem: checked.ca_pem,
-            slices,
             listen: checked.listen,
         }),
         _ => Err(p.into_errors()),
@@ -733,36 +731,24 @@ fn absolute_paths(config: &mut Config, ctx: &Ctx<'_>) {
     }
 }
 
-/// Each source's slice, checked to read back as the same source in its worker (a NaN, which
-/// equals nothing, does not).
-fn worker_slices(
-    root: &Value<'_>,
-    config: &Config,
-    ctx: &Ctx<'_>,
-    p: &mut Problems,
-) -> BTreeMap<String, Vec<u8>> {
-    let mut slices = BTreeMap::new();
+/// Checks that each source reads back from its slice as the same source in its worker (a NaN,
+/// which equals nothing, does not).
+fn check_slices(root: &Value<'_>, config: &Config, ctx: &Ctx<'_>, p: &mut Problems) {
     for (i, source) in config.sources.iter().enumerate() {
+        let problem = match Source::from_slice(&source.to_slice()) {
+            Ok(back) if back == *source => continue,
+            Ok(_) => "it reads back differently".to_owned(),
+            Err(e) => e.to_string(),
+        };
         let at = tree::path(&format!("sources.{i}"));
-        let slice = source.to_slice();
-        match Source::from_slice(&slice) {
-            Ok(back) if back == *source => {
-                slices.insert(source.name().to_owned(), slice);
-            }
-            outcome => {
-                let e =
-                    outcome.map_or_else(|e| e.to_string(), |_| "it reads back differently".into());
-                p.at(
-                    tree::span_or_ancestor(root, &at).start,
-                    format!(
-                        "{}: cannot be passed to its worker ({e}); check its numbers are finite",
-                        ctx.place(&at)
-                    ),
-                );
-            }
-        }
+        p.at(
+            tree::span_or_ancestor(root, &at).start,
+            format!(
+                "{}: cannot be passed to its worker ({problem}); check its numbers are finite",
+                ctx.place(&at)
+            ),
+        );
     }
-    slices
 }
 
 #[cfg(test)]

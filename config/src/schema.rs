@@ -634,6 +634,17 @@ pub enum RegisterKind {
     Discrete,
 }
 
+impl RegisterKind {
+    /// The most addresses one Modbus read of this kind may span: 125 registers (function codes
+    /// 3 and 4), 2000 bits (1 and 2).
+    pub fn max_read(self) -> u16 {
+        match self {
+            Self::Holding | Self::Input => 125,
+            Self::Coil | Self::Discrete => 2000,
+        }
+    }
+}
+
 /// Value type of a register.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, Encode, Decode)]
 #[serde(rename_all = "lowercase")]
@@ -659,6 +670,19 @@ pub enum DataType {
     Float64,
     /// `length` registers of text, two bytes each.
     String,
+}
+
+impl DataType {
+    /// How many registers (or bits, for a `bool` on coils and discrete inputs) a value of this
+    /// type occupies: a `string` its `length`, 0 without one.
+    pub fn register_count(self, length: Option<u16>) -> u16 {
+        match self {
+            Self::Bool | Self::Int16 | Self::Uint16 => 1,
+            Self::Int32 | Self::Uint32 | Self::Float32 => 2,
+            Self::Int64 | Self::Uint64 | Self::Float64 => 4,
+            Self::String => length.unwrap_or(0),
+        }
+    }
 }
 
 /// Byte order of multi-register values, as the letters of a 32-bit value's bytes on the wire.

@@ -68,19 +68,21 @@ impl Loaded {
             state_dir: lossy(&self.state_dir),
             data_socket: lossy(&self.data_socket()),
             token,
-            source_config: self.slices.get(source.name()).cloned().unwrap_or_default(),
+            source_config: source.to_slice(),
         }
     }
 
-    /// Whether the named source's worker must restart to pick up `other`: its slice differs, or
-    /// it exists (or is enabled) in only one of the two. False when neither has it.
+    /// Whether the named source's worker must restart to pick up `other`: the settings it
+    /// would get differ (its slice, the connector id, the state directory, the data socket), or
+    /// it runs (is enabled) in only one of the two. False when neither runs it.
     pub fn source_changed(&self, other: &Loaded, name: &str) -> bool {
-        let enabled = |loaded: &Loaded| loaded.source(name).map(Source::enabled);
-        enabled(self) != enabled(other)
-            || self.slices.get(name) != other.slices.get(name)
-            || (self.source(name).is_some()
-                && (self.config.connector.id != other.config.connector.id
-                    || self.data_socket() != other.data_socket()))
+        let settings = |loaded: &Loaded| {
+            loaded
+                .source(name)
+                .filter(|s| s.enabled())
+                .map(|s| loaded.worker_settings(s, Vec::new()))
+        };
+        settings(self) != settings(other)
     }
 
     /// Whether the uplink must restart to pick up `other` (its slice, grants aside, differs).

@@ -18,8 +18,6 @@ use iot_connector_proto::Table;
 
 /// Largest certificate or key file.
 const MAX_PEM_BYTES: u64 = 1 << 20;
-/// Most registers one Modbus read returns.
-const MAX_READ_REGISTERS: u16 = 125;
 /// The slave addresses of a Modbus serial line (0 is broadcast, 248 to 255 are reserved).
 const RTU_UNIT_IDS: std::ops::RangeInclusive<u8> = 1..=247;
 
@@ -666,16 +664,6 @@ fn check_mqtt(s: &MqttSource, at: &At<'_, '_, '_, '_>, p: &mut Problems) {
     }
 }
 
-/// Registers a value of this type occupies (`None`: a string without `length`).
-fn register_count(data_type: DataType, length: Option<u16>) -> Option<u32> {
-    match data_type {
-        DataType::Bool | DataType::Int16 | DataType::Uint16 => Some(1),
-        DataType::Int32 | DataType::Uint32 | DataType::Float32 => Some(2),
-        DataType::Int64 | DataType::Uint64 | DataType::Float64 => Some(4),
-        DataType::String => length.map(u32::from),
-    }
-}
-
 fn check_modbus(s: &ModbusSource, at: &At<'_, '_, '_, '_>, p: &mut Problems) {
     let serial = s.endpoint.starts_with("rtu://");
     if serial {
@@ -784,10 +772,13 @@ fn check_modbus(s: &ModbusSource, at: &At<'_, '_, '_, '_>, p: &mut Problems) {
                 &rel("length"),
                 "is 0: a string spans at least one register",
             ),
-            (DataType::String, Some(n)) if n > MAX_READ_REGISTERS => at.report(
+            (DataType::String, Some(n)) if n > RegisterKind::Holding.max_read() => at.report(
                 p,
                 &rel("length"),
-                format!("is {n}: one Modbus read returns at most {MAX_READ_REGISTERS} registers"),
+                format!(
+                    "is {n}: one Modbus read returns at most {} registers",
+                    RegisterKind::Holding.max_read()
+                ),
             ),
             (DataType::String, Some(_)) | (_, None) => {}
             (_, Some(_)) => at.report(
@@ -796,9 +787,9 @@ fn check_modbus(s: &ModbusSource, at: &At<'_, '_, '_, '_>, p: &mut Problems) {
                 "only applies to data_type = \"string\": remove it",
             ),
         }
-        if let Some(count) = register_count(register.data_type, register.length).filter(|&n| n > 0)
-        {
-            let last = u32::from(register.address) + count - 1;
+        let count = register.data_type.register_count(register.length);
+        if count > 0 {
+            let last = u32::from(register.address) + u32::from(count) - 1;
             if last > u32::from(u16::MAX) {
                 at.report(p, &rel("address"), format!("{} plus {count} registers ends at {last}, past the last address 65535: lower the address", register.address));
             }

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use iot_connector_config::{Loaded, Source};
+use iot_connector_config::Loaded;
 use iot_connector_ipc::{ExitStatus, FrameReader, FrameWriter, expect, handshake, new_token, os};
 use iot_connector_proto::{ChildReport, Message, Role, SourceGrant};
 use nix::{sys::signal::Signal, unistd::Pid};
@@ -105,14 +105,11 @@ impl Kind {
     }
 }
 
-fn source<'a>(loaded: &'a Loaded, name: &str) -> Option<&'a Source> {
-    loaded.config.sources.iter().find(|s| s.name() == name)
-}
-
 fn binary(kind: &Kind, loaded: &Loaded) -> String {
     match kind {
         Kind::Uplink => "iot-connector-uplink".into(),
-        Kind::Worker(name) => source(loaded, name)
+        Kind::Worker(name) => loaded
+            .source(name)
             .map_or("iot-connector-unknown", |s| s.protocol().binary())
             .into(),
     }
@@ -251,7 +248,7 @@ async fn run_once(
             Message::ConfigureUplink(Box::new(loaded.uplink_settings(shared.current_grants())))
         }
         Kind::Worker(source_name) => {
-            let Some(source) = source(loaded, source_name) else {
+            let Some(source) = loaded.source(source_name) else {
                 return Ended::Exited(
                     Some(ExitStatus::Config),
                     "source not in the configuration".into(),

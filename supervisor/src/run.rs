@@ -43,7 +43,7 @@ struct Connector {
 
 impl Connector {
     fn start_worker(&mut self, name: &str) {
-        let Some(source) = self.loaded.config.sources.iter().find(|s| s.name() == name) else {
+        let Some(source) = self.loaded.source(name) else {
             return;
         };
         self.shared.board.add(name, source.protocol().key());

@@ -343,7 +343,7 @@ pub fn free_port() -> u16 {
 }
 
 /// The three-part table names the tests forward to, in [`Table::ALL`] order.
-pub const TABLES: [&str; 4] = [
+pub const TABLES: [&str; Table::COUNT] = [
     "main.bronze.opcua_events",
     "main.bronze.mqtt_events",
     "main.bronze.modbus_events",

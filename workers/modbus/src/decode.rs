@@ -48,16 +48,6 @@ impl Reading {
     }
 }
 
-/// How many registers (or bits, for a `bool` on coils and discrete inputs) a tag occupies.
-pub fn register_count(data_type: DataType, length: Option<u16>) -> u16 {
-    match data_type {
-        DataType::Bool | DataType::Int16 | DataType::Uint16 => 1,
-        DataType::Int32 | DataType::Uint32 | DataType::Float32 => 2,
-        DataType::Int64 | DataType::Uint64 | DataType::Float64 => 4,
-        DataType::String => length.unwrap_or(0),
-    }
-}
-
 /// The `data_type` column text.
 pub fn data_type_name(data_type: DataType) -> &'static str {
     match data_type {
@@ -85,7 +75,7 @@ pub fn decode_bit(bit: bool) -> Reading {
 
 /// A tag's registers, exactly `register_count` of them, as read; anything else is `bad`.
 pub fn decode_registers(words: &[u16], register: &ModbusRegister) -> Reading {
-    let expected = usize::from(register_count(register.data_type, register.length));
+    let expected = usize::from(register.data_type.register_count(register.length));
     if words.len() != expected || expected == 0 {
         return Reading::bad();
     }
@@ -468,7 +458,7 @@ mod tests {
             for n in [0usize, 3, 5, 200] {
                 let words = vec![0xABCD; n];
                 let reading = decode_registers(&words, &reg);
-                let fits = n == usize::from(register_count(data_type, None)) && n > 0;
+                let fits = n == usize::from(data_type.register_count(None)) && n > 0;
                 assert_eq!(
                     reading.quality == Quality::Bad,
                     !fits,

@@ -16,19 +16,6 @@ use std::collections::BTreeMap;
 use iot_connector_config::RegisterKind;
 use tokio_modbus::{ExceptionCode, Request};
 
-/// Registers one read may span (Modbus application protocol, function codes 3 and 4).
-pub const MAX_REGISTERS: u16 = 125;
-/// Bits one read may span (function codes 1 and 2).
-pub const MAX_BITS: u16 = 2000;
-
-/// The most addresses one read of `kind` may span.
-pub fn max_read(kind: RegisterKind) -> u16 {
-    match kind {
-        RegisterKind::Holding | RegisterKind::Input => MAX_REGISTERS,
-        RegisterKind::Coil | RegisterKind::Discrete => MAX_BITS,
-    }
-}
-
 /// The `register_kind` column text.
 pub fn kind_name(kind: RegisterKind) -> &'static str {
     match kind {
@@ -151,7 +138,7 @@ impl Plan {
                 tags,
                 &members,
                 max_gap,
-                max_read(kind),
+                kind.max_read(),
             ));
         }
         Self {
@@ -417,14 +404,14 @@ mod tests {
                 address = address.saturating_add(count);
             }
             let plan = Plan::new(&tags, max_gap);
-            prop_assert_eq!(plan.requests(), fewest_reads(&tags, max_gap, MAX_REGISTERS));
+            prop_assert_eq!(plan.requests(), fewest_reads(&tags, max_gap, Holding.max_read()));
             let mut served: Vec<usize> = plan.groups.iter().flat_map(|g| &g.blocks).flat_map(|b| {
                 for i in &b.tags {
                     let t = &tags[*i];
                     let end = u32::from(b.start) + u32::from(b.count);
                     assert!(t.address >= b.start && t.end() <= end);
                 }
-                assert!(b.count <= MAX_REGISTERS);
+                assert!(b.count <= Holding.max_read());
                 b.tags.clone()
             }).collect();
             served.sort_unstable();

@@ -186,7 +186,7 @@ fn tag(register: &ModbusRegister, default_interval_ms: u64) -> Tag {
         unit_id: register.unit_id,
         kind: register.kind,
         address: register.address,
-        count: decode::register_count(register.data_type, register.length).max(1),
+        count: register.data_type.register_count(register.length).max(1),
         interval_ms: register.poll_interval_ms.unwrap_or(default_interval_ms),
     }
 }
@@ -1382,7 +1382,7 @@ mod tests {
                     unit_id: 1,
                     kind,
                     address: *address,
-                    count: decode::register_count(reg.data_type, reg.length),
+                    count: reg.data_type.register_count(reg.length),
                     interval_ms: 1000,
                 });
                 registers.push(reg);
