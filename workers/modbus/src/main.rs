@@ -19,24 +19,9 @@ mod poll;
 use std::{process::ExitCode, sync::Arc};
 
 use iot_connector_config::ModbusSource;
-use iot_connector_ipc::ExitStatus;
-use iot_connector_runtime::{Context, Failure, Sink, Worker};
+use iot_connector_runtime::{Context, InvalidSource, Sink, Worker};
 
 use crate::poll::{Device, Poller};
-
-/// The source cannot be polled as configured.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid Modbus source {source_name:?}: {problem}")]
-struct InvalidSource {
-    source_name: String,
-    problem: String,
-}
-
-impl Failure for InvalidSource {
-    fn exit_status(&self) -> ExitStatus {
-        ExitStatus::Config
-    }
-}
 
 struct Modbus(Device);
 
@@ -48,10 +33,7 @@ impl Worker for Modbus {
     fn prepare(source: ModbusSource, context: &Context) -> Result<Self, InvalidSource> {
         Device::new(source)
             .map(Self)
-            .map_err(|problem| InvalidSource {
-                source_name: context.source_name.clone(),
-                problem,
-            })
+            .map_err(|problem| context.invalid(vec![problem]))
     }
 
     async fn run(self, _: Context, sink: Arc<Sink>) -> Result<(), InvalidSource> {

@@ -18,19 +18,7 @@ mod session;
 use std::{process::ExitCode, sync::Arc};
 
 use iot_connector_config::MqttSource;
-use iot_connector_ipc::ExitStatus;
-use iot_connector_runtime::{Context, Failure, Sink, Worker};
-
-/// The source cannot be used as configured.
-#[derive(Debug, thiserror::Error)]
-#[error("the MQTT source configuration is invalid: {}", .0.join("; "))]
-struct InvalidSource(Vec<String>);
-
-impl Failure for InvalidSource {
-    fn exit_status(&self) -> ExitStatus {
-        ExitStatus::Config
-    }
-}
+use iot_connector_runtime::{Context, InvalidSource, Sink, Worker};
 
 struct Mqtt {
     plan: session::Plan,
@@ -48,7 +36,7 @@ impl Worker for Mqtt {
         // means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let plan = session::Plan::new(&source, &context.connector_id, &context.source_name)
-            .map_err(InvalidSource)?;
+            .map_err(|problems| context.invalid(problems))?;
         let decoder = payload::Decoder::new(&source.topics);
         tracing::info!(source = %context.source_name, plan = ?plan, "Starting.");
         Ok(Self { plan, decoder })

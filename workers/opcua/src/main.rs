@@ -28,7 +28,7 @@ use std::{process::ExitCode, sync::Arc};
 
 use iot_connector_config::OpcuaSource;
 use iot_connector_ipc::ExitStatus;
-use iot_connector_runtime::{Context, Failure, Sink, SinkOptions, Worker};
+use iot_connector_runtime::{Context, Failure, InvalidSource, Sink, SinkOptions, Worker};
 
 use crate::{
     nodes::Plan,
@@ -43,13 +43,8 @@ const WINDOW: usize = 2048;
 #[derive(Debug, thiserror::Error)]
 enum OpcuaError {
     /// The source is invalid.
-    #[error("invalid OPC-UA source {source_name:?}: {}", problems.join("; "))]
-    Invalid {
-        /// The source's name.
-        source_name: String,
-        /// Every problem.
-        problems: Vec<String>,
-    },
+    #[error(transparent)]
+    Invalid(#[from] InvalidSource),
     /// The session could not be set up.
     #[error("OPC-UA source {source_name:?}: {error}")]
     Session {
@@ -64,7 +59,7 @@ enum OpcuaError {
 impl Failure for OpcuaError {
     fn exit_status(&self) -> ExitStatus {
         match self {
-            Self::Invalid { .. }
+            Self::Invalid(_)
             | Self::Session {
                 error: SessionError::Config(_),
                 ..
@@ -96,10 +91,7 @@ impl Worker for Opcua {
     }
 
     fn prepare(source: OpcuaSource, context: &Context) -> Result<Self, OpcuaError> {
-        let invalid = |problems| OpcuaError::Invalid {
-            source_name: context.source_name.clone(),
-            problems,
-        };
+        let invalid = |problems| context.invalid(problems);
         let identity = session::check(&source).map_err(invalid)?;
         let plan = Plan::new(&source).map_err(invalid)?;
         Ok(Self {

@@ -21,5 +21,5 @@ pub use control::HEARTBEAT_INTERVAL;
 pub use health::{Health, health};
 pub use iot_connector_ipc::Backoff;
 pub use iot_connector_proto::now_us;
-pub use skeleton::{Context, FLUSH_ON_STOP, Failure, Worker, WorkerError, main};
+pub use skeleton::{Context, FLUSH_ON_STOP, Failure, InvalidSource, Worker, WorkerError, main};
 pub use uplink::{Sink, SinkOptions, WindowFull};

@@ -77,6 +77,33 @@ pub trait Failure: std::error::Error {
     fn exit_status(&self) -> ExitStatus;
 }
 
+/// The source cannot be used as configured: the plan a worker makes from it fails. Exit 78, so
+/// that the supervisor waits for a configuration change instead of restarting the worker.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid source {source_name:?}: {}", problems.join("; "))]
+pub struct InvalidSource {
+    /// The source's name.
+    pub source_name: String,
+    /// Every problem found.
+    pub problems: Vec<String>,
+}
+
+impl Failure for InvalidSource {
+    fn exit_status(&self) -> ExitStatus {
+        ExitStatus::Config
+    }
+}
+
+impl Context {
+    /// The worker's source cannot be used, for these reasons.
+    pub fn invalid(&self, problems: Vec<String>) -> InvalidSource {
+        InvalidSource {
+            source_name: self.source_name.clone(),
+            problems,
+        }
+    }
+}
+
 /// Why a worker process ended with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError<E: Failure> {
