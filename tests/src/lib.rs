@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use iot_connector_config::Source;
+use iot_connector_config::{Protocol, Source};
 use iot_connector_ipc::{FrameReader, FrameWriter, IpcError, expect, handshake, new_token, os};
 use iot_connector_proto::{
     Message, Role, SourceGrant, Table, UplinkSettings, WorkerSettings, ZerobusSettings,
@@ -250,21 +250,25 @@ pub async fn start_worker_with_env(
     let mut env = env.to_vec();
     let source = if binary == TEST_WORKER {
         env.push((TEST_WORKER_ENV, &text));
+        // It stands in for the worker of its `table` (default: Modbus) and ignores the source.
         let table = toml::from_str::<toml::Table>(&text)
             .ok()
-            .and_then(|t| t.get("table").and_then(|t| t.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| "modbus".into());
-        let endpoint = match table.as_str() {
-            "opcua" => "opc.tcp://127.0.0.1:1",
-            "mqtt" => "mqtt://127.0.0.1:1",
-            _ => "tcp://127.0.0.1:1",
+            .and_then(|t| t.get("table").and_then(|t| t.as_str()).map(str::to_owned));
+        let protocol = Protocol::ALL
+            .into_iter()
+            .find(|p| table.as_deref() == Some(p.table().key()))
+            .unwrap_or(Protocol::Modbus);
+        let endpoint = match protocol {
+            Protocol::Opcua => "opc.tcp://127.0.0.1:1",
+            Protocol::Mqtt => "mqtt://127.0.0.1:1",
+            Protocol::Modbus => "tcp://127.0.0.1:1",
         };
-        source_of(
-            &table,
-            &format!("name = {:?}\nendpoint = {endpoint:?}\n", settings.source),
-        )
+        let text = format!("name = {:?}\nendpoint = {endpoint:?}\n", settings.source);
+        source_of(protocol, &text)
     } else {
-        source_of(binary.trim_start_matches("iot-connector-"), &text)
+        let protocol = Protocol::ALL.into_iter().find(|p| p.binary() == binary);
+        let protocol = protocol.ok_or_else(|| not_a_source(binary, "no protocol's worker"))?;
+        source_of(protocol, &text)
     }?;
     settings.source_config = source.to_slice();
     Process::spawn(
@@ -278,17 +282,28 @@ pub async fn start_worker_with_env(
 }
 
 /// A source of `protocol` from its TOML (without `protocol`), as the supervisor would load it.
-fn source_of(protocol: &str, text: &str) -> Result<Source, IpcError> {
+fn source_of(protocol: Protocol, text: &str) -> Result<Source, IpcError> {
     let source = match protocol {
-        "opcua" => toml::from_str(text).map(Source::Opcua),
-        "mqtt" => toml::from_str(text).map(Source::Mqtt),
-        _ => toml::from_str(text).map(Source::Modbus),
+        Protocol::Opcua => toml::from_str(text).map(Source::Opcua),
+        Protocol::Mqtt => toml::from_str(text).map(Source::Mqtt),
+        Protocol::Modbus => toml::from_str(text).map(Source::Modbus),
     };
-    source.map_err(|e| {
-        IpcError::Io(std::io::Error::other(format!(
-            "not a {protocol} source: {e}"
-        )))
-    })
+    source.map_err(|e| not_a_source(protocol.key(), &e.to_string()))
+}
+
+fn not_a_source(what: &str, why: &str) -> IpcError {
+    IpcError::Io(std::io::Error::other(format!("not a {what} source: {why}")))
+}
+
+/// The binary of the protocol worker that writes to `table`.
+pub fn worker_binary(table: Table) -> &'static str {
+    Protocol::ALL
+        .into_iter()
+        .find(|p| p.table() == table)
+        .map_or(
+            "iot-connector-no-worker-writes-this-table",
+            Protocol::binary,
+        )
 }
 
 /// Uplink settings for a test directory: spool under `dir/spool`, key under `dir/keys`.

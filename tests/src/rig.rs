@@ -19,17 +19,12 @@ use serde_json::Value as Json;
 
 use crate::{
     Process, TEST_WORKER, Uplink, of_source, poll_until, start_emulator, start_worker_with_env,
-    table_name, uplink_settings, zerobus_settings,
+    table_name, uplink_settings, worker_binary, zerobus_settings,
 };
 
 /// How often the rig's waits look at the emulator unless told otherwise: the emulator's own
 /// polling interval.
 const POLL: Duration = Duration::from_millis(10);
-
-/// The worker binary the supervisor starts for a source writing to `table`.
-pub fn worker_binary(table: Table) -> String {
-    format!("iot-connector-{}", table.key())
-}
 
 /// The `event` column of each status row, in order.
 pub fn event_names(status: &[Json]) -> Vec<String> {
@@ -198,7 +193,7 @@ impl Rig {
         config: &str,
         env: &[(&str, &str)],
     ) -> usize {
-        self.start_worker(&worker_binary(table), source, table, config, env)
+        self.start_worker(worker_binary(table), source, table, config, env)
             .await
     }
 
