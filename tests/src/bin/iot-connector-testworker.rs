@@ -17,9 +17,8 @@
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use iot_connector_config::Source;
-use iot_connector_ipc::ExitStatus;
 use iot_connector_proto::{Detail, ModbusDetail, MqttDetail, OpcuaDetail, Quality, Table, Value};
-use iot_connector_runtime::{Context, Failure, Sink, Worker, health, now_us};
+use iot_connector_runtime::{Context, InvalidSource, Sink, Worker, health, now_us};
 use iot_connector_tests::TEST_WORKER_ENV;
 
 #[derive(Debug, serde::Deserialize)]
@@ -38,21 +37,6 @@ fn unbounded() -> u64 {
     u64::MAX
 }
 
-/// The parameters in the environment are not usable.
-#[derive(Debug, thiserror::Error)]
-enum BadParameters {
-    #[error("{TEST_WORKER_ENV} is not a test worker configuration: {0}")]
-    Syntax(#[source] toml::de::Error),
-    #[error("{TEST_WORKER_ENV}: table {0:?} is not a table")]
-    Table(String),
-}
-
-impl Failure for BadParameters {
-    fn exit_status(&self) -> ExitStatus {
-        ExitStatus::Config
-    }
-}
-
 struct TestWorker {
     source: TestSource,
     table: Table,
@@ -60,18 +44,19 @@ struct TestWorker {
 
 impl Worker for TestWorker {
     type Source = Source;
-    type Error = BadParameters;
+    type Error = InvalidSource;
     const NAME: &'static str = "Test";
 
-    fn prepare(source: Source, _: &Context) -> Result<Self, BadParameters> {
+    fn prepare(source: Source, context: &Context) -> Result<Self, InvalidSource> {
+        let bad = |why: String| context.invalid(vec![format!("{TEST_WORKER_ENV}: {why}")]);
         let text = std::env::var(TEST_WORKER_ENV).unwrap_or_default();
-        let parameters: TestSource = toml::from_str(&text).map_err(BadParameters::Syntax)?;
+        let parameters: TestSource = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
         let table = match &parameters.table {
             None => source.protocol().table(),
             Some(key) => Table::ALL
                 .into_iter()
                 .find(|t| t.key() == key)
-                .ok_or_else(|| BadParameters::Table(key.clone()))?,
+                .ok_or_else(|| bad(format!("table {key:?} is not a table")))?,
         };
         Ok(Self {
             source: parameters,
@@ -79,7 +64,7 @@ impl Worker for TestWorker {
         })
     }
 
-    async fn run(self, _: Context, sink: Arc<Sink>) -> Result<(), BadParameters> {
+    async fn run(self, _: Context, sink: Arc<Sink>) -> Result<(), InvalidSource> {
         push(self.source, self.table, sink).await;
         std::future::pending().await
     }
