@@ -6,13 +6,11 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
+# The workspace's default members are the shipped set: the supervisor, the uplink and every
+# crate under workers/. Each of their executables goes into the image.
 RUN cargo build --release --locked \
-        -p iot-connector-supervisor -p iot-connector-uplink \
-        -p iot-connector-modbus -p iot-connector-mqtt -p iot-connector-opcua \
     && mkdir /out \
-    && cp target/release/iot-connector target/release/iot-connector-uplink \
-          target/release/iot-connector-modbus target/release/iot-connector-mqtt \
-          target/release/iot-connector-opcua /out/
+    && find target/release -maxdepth 1 -type f -executable -name 'iot-connector*' -exec cp {} /out/ \;
 
 FROM debian:bookworm-slim
 RUN apt-get update \

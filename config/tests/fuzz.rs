@@ -8,8 +8,9 @@
 )] // test code: a failed step should fail loudly
 
 use std::path::Path;
+use std::sync::LazyLock;
 
-use iot_connector_config::parse_with_env;
+use iot_connector_config::{Protocol, parse_with_env};
 use proptest::prelude::*;
 
 fn env(name: &str) -> Option<String> {
@@ -32,8 +33,18 @@ fn assert_parses_or_reports(text: &str) {
 
 const EXAMPLE: &str = include_str!("../../examples/all.toml");
 
-/// Pieces of real configs, for text that looks like TOML and reaches the checks.
-const FRAGMENTS: &[&str] = &[
+/// Pieces of real configs, for text that looks like TOML and reaches the checks, and a
+/// `protocol = "…"` line for every protocol, so that each source's decoding is fuzzed.
+static FRAGMENTS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    let protocols = Protocol::ALL.map(|p| format!("protocol = \"{}\"\n", p.key()));
+    PIECES
+        .iter()
+        .map(|&piece| piece.to_owned())
+        .chain(protocols)
+        .collect()
+});
+
+const PIECES: &[&str] = &[
     "[connector]\n",
     "[http]\n",
     "[zerobus]\n",
@@ -43,9 +54,6 @@ const FRAGMENTS: &[&str] = &[
     "id = \"x\"\n",
     "name = \"a\"\n",
     "name = \"a\"\n",
-    "protocol = \"modbus\"\n",
-    "protocol = \"mqtt\"\n",
-    "protocol = \"opcua\"\n",
     "endpoint = \"tcp://h:502\"\n",
     "endpoint = \"${SET}\"\n",
     "endpoint = \"${UNSET}\"\n",
@@ -89,7 +97,7 @@ proptest! {
 
     #[test]
     fn random_toml_ish_text_never_panics(pieces in proptest::collection::vec(0..FRAGMENTS.len(), 0..40)) {
-        let text: String = pieces.iter().filter_map(|&i| FRAGMENTS.get(i).copied()).collect();
+        let text: String = pieces.iter().filter_map(|&i| FRAGMENTS.get(i).map(String::as_str)).collect();
         assert_parses_or_reports(&text);
     }
 
@@ -103,7 +111,7 @@ proptest! {
                 break;
             }
             let i = at.index(lines.len());
-            let piece = FRAGMENTS.get(fragment).copied().unwrap_or_default().trim_end().to_owned();
+            let piece = FRAGMENTS.get(fragment).map_or("", |f| f.trim_end()).to_owned();
             match op {
                 0 => { lines.remove(i); }
                 1 => lines.insert(i, piece),

@@ -383,7 +383,7 @@ impl std::fmt::Display for SourceState {
 pub struct ProcessStatus {
     /// Source name, or `uplink`.
     pub name: String,
-    /// `opcua`, `mqtt`, `modbus` or `uplink`.
+    /// The `protocol` key of a worker's source, or `uplink`.
     pub protocol: String,
     /// Its state, as `/health` and `/metrics` show it.
     pub state: SourceState,
@@ -409,5 +409,26 @@ impl ProcessStatus {
         } else {
             self.state.as_str()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every released protocol version with the number of tables (and so of `Detail` variants a
+    /// `Record` can carry) it was released with.
+    const RELEASED: &[(u16, usize)] = &[(2, 4)];
+
+    #[test]
+    fn a_new_table_comes_with_a_new_protocol_version() {
+        assert!(
+            RELEASED.contains(&(PROTOCOL_VERSION, Table::COUNT)),
+            "Table::COUNT is {} with PROTOCOL_VERSION {PROTOCOL_VERSION}: a new table changes \
+             Record on the wire, so bump PROTOCOL_VERSION and add ({}, {}) to RELEASED",
+            Table::COUNT,
+            PROTOCOL_VERSION + 1,
+            Table::COUNT
+        );
     }
 }

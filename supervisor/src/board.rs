@@ -34,7 +34,7 @@ pub enum Phase {
 /// One process.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    /// `opcua`, `mqtt`, `modbus` or `uplink`.
+    /// The `protocol` key of a worker's source, or `uplink`.
     pub protocol: String,
     /// Its phase.
     pub phase: Phase,

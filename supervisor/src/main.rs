@@ -159,7 +159,9 @@ pub enum MainError {
     #[error("cannot read the secret from standard input: {0}")]
     Stdin(std::io::Error),
     /// The demo binary could not be started.
-    #[error("cannot start the demo {path}: {source}; build the workspace first (cargo build)")]
+    #[error(
+        "cannot start the demo {path}: {source}; build the workspace first (cargo build --workspace)"
+    )]
     Demo {
         /// The demo binary.
         path: PathBuf,

@@ -17,9 +17,7 @@ fn read(path: &str) -> String {
 }
 
 #[test]
-fn every_protocol_has_its_worker_crate_image_entry_example_docs_and_end_to_end_test() {
-    let workspace = read("Cargo.toml");
-    let dockerfile = read("Dockerfile");
+fn every_protocol_has_its_worker_crate_example_docs_and_end_to_end_test() {
     let readme = read("README.md");
     let mut missing = Vec::new();
     for protocol in Protocol::ALL {
@@ -31,19 +29,13 @@ fn every_protocol_has_its_worker_crate_image_entry_example_docs_and_end_to_end_t
             }
         };
         assert_eq!(Protocol::from_key(key), Some(protocol));
-        need(
-            workspace.contains(&format!("\"workers/{key}\"")),
-            format!("\"workers/{key}\" in the workspace members of Cargo.toml"),
-        );
         let manifest = std::fs::read_to_string(repo().join("workers").join(key).join("Cargo.toml"));
         need(
             manifest.is_ok_and(|m| m.contains(&format!("name = \"{binary}\""))),
-            format!("workers/{key}/Cargo.toml naming the crate {binary}"),
-        );
-        need(
-            dockerfile.contains(&format!("-p {binary}"))
-                && dockerfile.contains(&format!("target/release/{binary}")),
-            format!("{binary} built and copied by the Dockerfile"),
+            format!(
+                "workers/{key}/Cargo.toml naming the crate {binary} (the workspace, a plain \
+                 `cargo build` and the Dockerfile take every crate under workers/)"
+            ),
         );
         need(
             repo()

@@ -60,7 +60,7 @@ use std::{
     io::{self, Write},
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
-    sync::RwLock,
+    sync::{LazyLock, RwLock},
 };
 
 use iot_connector_proto::{SpoolPolicy, Table};
@@ -70,13 +70,12 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 const FORMAT_VERSION: u64 = 1;
 const TAG_LEN: usize = 16;
 
-const ROWS_OPCUA: TableDefinition<u64, &[u8]> = TableDefinition::new("rows/opcua");
-const ROWS_MQTT: TableDefinition<u64, &[u8]> = TableDefinition::new("rows/mqtt");
-const ROWS_MODBUS: TableDefinition<u64, &[u8]> = TableDefinition::new("rows/modbus");
-const ROWS_STATUS: TableDefinition<u64, &[u8]> = TableDefinition::new("rows/status");
-/// In [`Table::ALL`] order.
-const ROWS: [TableDefinition<u64, &[u8]>; Table::COUNT] =
-    [ROWS_OPCUA, ROWS_MQTT, ROWS_MODBUS, ROWS_STATUS];
+/// One redb table of rows per [`Table`], named `rows/<key>`, in [`Table::ALL`] order. A table
+/// added at the end of [`Table::ALL`] gets its redb table created when an old spool opens.
+static ROWS: LazyLock<[TableDefinition<'static, u64, &'static [u8]>; Table::COUNT]> =
+    LazyLock::new(|| {
+        Table::ALL.map(|table| TableDefinition::new(format!("rows/{}", table.key()).leak()))
+    });
 const SOURCES: TableDefinition<&str, u64> = TableDefinition::new("sources");
 const DEAD_LETTERS: TableDefinition<u64, (u8, &str, &[u8])> = TableDefinition::new("dead_letters");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -355,7 +354,7 @@ impl Spool {
                 }
                 Some(found) => return Err(SpoolError::Format { path, found }),
             }
-            for rows in ROWS {
+            for rows in *ROWS {
                 txn.open_table(rows)?;
             }
             txn.open_table(SOURCES)?;
@@ -603,7 +602,7 @@ impl Spool {
                         let next = meta(&meta_table, "next_position")?.unwrap_or_default();
                         let sealed_status = self.seal(Table::Status, next, row);
                         live += sealed_status.len() as u64;
-                        txn.open_table(ROWS_STATUS)?
+                        txn.open_table(rows_def(Table::Status))?
                             .insert(next, sealed_status.as_slice())?;
                         meta_table.insert("next_position", next + 1)?;
                     }
@@ -649,7 +648,7 @@ impl Spool {
                 dead_letters: txn.open_table(DEAD_LETTERS)?.len()?,
                 ..SpoolStats::default()
             };
-            for (slot, def) in stats.rows.iter_mut().zip(ROWS) {
+            for (slot, def) in stats.rows.iter_mut().zip(*ROWS) {
                 *slot = txn.open_table(def)?.len()?;
             }
             Ok(stats)
@@ -668,12 +667,8 @@ impl Spool {
 }
 
 fn rows_def(table: Table) -> TableDefinition<'static, u64, &'static [u8]> {
-    match table {
-        Table::Opcua => ROWS_OPCUA,
-        Table::Mqtt => ROWS_MQTT,
-        Table::Modbus => ROWS_MODBUS,
-        Table::Status => ROWS_STATUS,
-    }
+    #[allow(clippy::indexing_slicing)] // `index()` is below `Table::COUNT` by construction
+    ROWS[table.index()]
 }
 
 /// Removes the oldest rows across every table until `needed` bytes are freed (or nothing is left).

@@ -239,7 +239,7 @@ fn sibling(name: &str) -> Result<PathBuf, String> {
         Ok(path)
     } else {
         Err(format!(
-            "{} is missing: build the workspace first (cargo build)",
+            "{} is missing: build the workspace first (cargo build --workspace)",
             path.display()
         ))
     }
