@@ -10,6 +10,11 @@ use crate::IpcError;
 /// small enough that a hostile length prefix cannot make a process allocate much.
 pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
 
+/// Upper bound of one record's (estimated) encoded size. Half a frame, so that a batch of one
+/// such record always fits, and under the 4 MB per message that Zerobus has documented. A
+/// worker moves a larger record aside as a counted `dropped` status row instead of sending it.
+pub const MAX_RECORD_BYTES: usize = MAX_FRAME_BYTES / 2;
+
 type Codec = Configuration<LittleEndian, Varint, Limit<MAX_FRAME_BYTES>>;
 
 fn codec() -> Codec {

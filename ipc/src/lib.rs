@@ -19,7 +19,7 @@ mod socket;
 
 pub use backoff::Backoff;
 pub use exit::ExitStatus;
-pub use frame::{FrameReader, FrameWriter, MAX_FRAME_BYTES, decode, encode};
+pub use frame::{FrameReader, FrameWriter, MAX_FRAME_BYTES, MAX_RECORD_BYTES, decode, encode};
 pub use logging::{FORMAT_ENV, SOURCE_ENV, init_logging};
 pub use operator::send_command;
 pub use phase::{Expect, Phase, expect, handshake};

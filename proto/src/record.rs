@@ -102,6 +102,19 @@ pub enum Detail {
     Status(StatusDetail),
 }
 
+impl Detail {
+    /// What the record is about, for log lines and status rows: the node id, the topic, the
+    /// register's tag name, or the event of a status row.
+    pub fn subject(&self) -> &str {
+        match self {
+            Self::Opcua(d) => &d.node_id,
+            Self::Mqtt(d) => &d.topic,
+            Self::Modbus(d) => &d.tag_name,
+            Self::Status(d) => d.event.as_str(),
+        }
+    }
+}
+
 /// OPC-UA columns.
 #[derive(Debug, Clone, PartialEq, Default, Encode, Decode)]
 pub struct OpcuaDetail {

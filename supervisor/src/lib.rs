@@ -172,7 +172,7 @@ impl Metric {
             Self::DeadLetters => (
                 "iot_connector_dead_letters_total",
                 Counter,
-                "Rows Zerobus rejected for good, moved to the dead-letter store.",
+                "Rows moved to the dead-letter store: rejected by Zerobus for good, or damaged on disk.",
             ),
             Self::CertificateExpiryDays => (
                 "iot_connector_certificate_expiry_days",

@@ -177,7 +177,7 @@ async fn a_poison_record_is_dead_lettered_and_every_other_record_lands() {
     let dead = rig.uplink.open_spool().unwrap().dead_letters().unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     let row = <iot_connector_proto::table::bronze::MqttEvent as prost::Message>::decode(
-        dead[0].row.as_slice(),
+        dead[0].row.as_deref().unwrap(),
     )
     .unwrap();
     assert_eq!(row.record_id(), poison);
@@ -186,6 +186,73 @@ async fn a_poison_record_is_dead_lettered_and_every_other_record_lands() {
         "the server's reason: {}",
         dead[0].reason
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_damaged_on_disk_is_dead_lettered_and_its_table_keeps_flowing() {
+    let zerobus = start_emulator().await.unwrap();
+    zerobus.faults().update(|f| f.down = true);
+    let mut rig = Rig::builder().emulator(zerobus).start().await;
+    let acked = start_line1(&mut rig, 3_000).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || read_acked(&acked)
+            == Some(3_000))
+        .await
+    );
+    rig.kill_all().await;
+
+    // One bad block under one stored row, in the middle of the table.
+    let damaged = {
+        let rows = redb::TableDefinition::<u64, &[u8]>::new("rows/mqtt");
+        let db = redb::Database::create(rig.dir.path().join("spool/spool.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        let position = {
+            let mut table = txn.open_table(rows).unwrap();
+            let (position, mut stored) = {
+                let (k, v) = redb::ReadableTable::iter(&table)
+                    .unwrap()
+                    .nth(1500)
+                    .unwrap()
+                    .unwrap();
+                (k.value(), v.value().to_vec())
+            };
+            stored[7] ^= 0xff;
+            table.insert(position, stored.as_slice()).unwrap();
+            position
+        };
+        txn.commit().unwrap();
+        position
+    };
+
+    rig.zerobus().faults().update(|f| f.down = false);
+    rig.uplink.kill_and_restart().await.unwrap();
+    let state = rig.zerobus().state().clone();
+    let status = TABLES[3];
+    assert!(
+        state
+            .wait_until(Duration::from_secs(60), |s| s.row_count(MQTT) >= 2_999
+                && !s.rows(status).is_empty())
+            .await,
+        "{} rows and {} status rows arrived",
+        state.row_count(MQTT),
+        state.rows(status).len()
+    );
+    let ids: HashSet<String> = state.record_ids(MQTT).into_iter().collect();
+    let expected = expected_ids("line1", 3_000);
+    assert!(ids.is_subset(&expected));
+    assert_eq!(ids.len(), 2_999, "every row but the damaged one");
+    let row = state.rows(status).into_iter().next().unwrap();
+    assert_eq!(row["event"], "dead_lettered");
+    assert_eq!(row["count"], 1);
+    assert!(
+        row["detail"].as_str().unwrap().contains("does not decrypt"),
+        "{row}"
+    );
+    rig.kill_all().await;
+
+    let dead = rig.uplink.open_spool().unwrap().dead_letters().unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!((dead[0].position, dead[0].row.as_ref()), (damaged, None));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

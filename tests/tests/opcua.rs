@@ -160,6 +160,10 @@ fn builder(port: u16, pki: &Path, offer: Offer, items_per_subscription: usize) -
         }
     }
     let limits = b.limits_mut();
+    // Room for a value larger than one record may be (the worker accepts 16 MiB messages).
+    limits.max_message_size = 16 << 20;
+    limits.max_chunk_count = 256;
+    limits.max_array_length = 1 << 20;
     limits.subscriptions.max_monitored_items_per_sub = items_per_subscription;
     limits.subscriptions.max_queued_notifications = 1000;
     b
@@ -1146,6 +1150,85 @@ async fn data_resumes_within_5_s_after_a_tcp_reset_and_current_values_are_read_a
     }
     let gap = &rig.events("reset", "gap")[0];
     assert!(gap["detail"].as_str().unwrap().contains("lost"), "{gap}");
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_too_large_for_one_record_becomes_a_dropped_row_and_the_source_carries_on() {
+    let plant = Plant::start(Offer::NoneOnly).await;
+    let mut rig = Rig::start().await;
+    let ns = plant.ns;
+    let config = source_none(
+        &plant,
+        &format!(
+            "publishing_interval_ms = 100\nnodes = [ {{ node_id = \"ns={ns};s=Line2.Spectrum\" }}, \
+             {{ node_id = \"ns={ns};s=Line2.Temperature\" }} ]"
+        ),
+    );
+    rig.worker("big", Table::Opcua, &config).await;
+    rig.wait_rows(
+        Table::Opcua,
+        "big",
+        "both nodes",
+        Duration::from_secs(60),
+        |rows| {
+            !with_node(rows, "Line2.Spectrum").is_empty()
+                && !with_node(rows, "Line2.Temperature").is_empty()
+        },
+    )
+    .await;
+
+    // A million doubles: 8 MB in OPC-UA's binary encoding, about 14 MB as JSON text, more
+    // than one IPC frame holds.
+    let huge: Vec<Variant> = (0..1_000_000)
+        .map(|i| Variant::Double(f64::from(i) + 0.123_456))
+        .collect();
+    let huge = Array::new(VariantScalarTypeId::Double, huge).unwrap();
+    plant.set("Line2.Spectrum", Variant::Array(Box::new(huge)));
+    let status = rig
+        .wait_status("big", "a dropped row", Duration::from_secs(60), |rows| {
+            rows.iter().any(|r| r["event"] == "dropped")
+        })
+        .await;
+    let dropped: Vec<_> = status.iter().filter(|r| r["event"] == "dropped").collect();
+    assert_eq!(dropped.len(), 1, "{dropped:#?}");
+    let detail = dropped[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("ns={ns};s=Line2.Spectrum")),
+        "{detail}"
+    );
+    assert!(detail.contains("bytes, over the"), "{detail}");
+    assert_eq!(dropped[0]["count"], 1);
+
+    // The source carries on: the next values of both nodes arrive.
+    let small = Array::new(
+        VariantScalarTypeId::Double,
+        vec![Variant::Double(7.25), Variant::Double(8.5)],
+    )
+    .unwrap();
+    plant.set("Line2.Spectrum", Variant::Array(Box::new(small)));
+    plant.set("Line2.Temperature", 42.5);
+    let rows = rig
+        .wait_rows(
+            Table::Opcua,
+            "big",
+            "values after the large one",
+            Duration::from_secs(30),
+            |rows| {
+                with_node(rows, "Line2.Spectrum")
+                    .iter()
+                    .any(|r| r["value_str"] == "[7.25,8.5]")
+                    && with_node(rows, "Line2.Temperature")
+                        .iter()
+                        .any(|r| r["value_num"].as_f64() == Some(42.5))
+            },
+        )
+        .await;
+    assert!(
+        rows.iter()
+            .all(|r| r["value_str"].as_str().is_none_or(|v| v.len() < 1 << 20)),
+        "no part of the large value reached the table"
+    );
     rig.stop().await;
 }
 

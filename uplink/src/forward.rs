@@ -214,10 +214,52 @@ impl Forwarder {
     }
 
     fn has_rows(&self) -> bool {
+        self.read(None, 1, 1).is_ok_and(|rows| !rows.is_empty())
+    }
+
+    /// Reads the table's next rows after `after`. A row that does not decrypt can never be
+    /// sent (the spool checked its key at open, so the row itself was damaged on disk): it is
+    /// moved to the dead-letter store, counted and reported, and reading goes on.
+    fn read(
+        &self,
+        after: Option<u64>,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Spooled>, SpoolError> {
+        loop {
+            match self
+                .shared
+                .spool
+                .read(self.table, after, max_rows, max_bytes)
+            {
+                Err(SpoolError::Decrypt(position)) => {
+                    self.move_aside(position, &SpoolError::Decrypt(position).to_string())?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Moves the row at `position` to the dead-letter store with `reason`, and writes a status
+    /// row saying so in the same transaction.
+    fn move_aside(&self, position: u64, reason: &str) -> Result<(), SpoolError> {
+        tracing::error!(table = %self.table_name, position, reason = %reason,
+            "A row cannot be delivered; moved to the dead-letter store.");
+        // A status row about a dead-lettered status row could be dead-lettered in turn.
+        let status = (self.table != Table::Status).then(|| {
+            let detail = format!("{}: {reason}", self.table_name);
+            crate::status_row(
+                &self.shared.connector_id,
+                StatusEvent::DeadLettered,
+                detail,
+                1,
+            )
+        });
         self.shared
             .spool
-            .read(self.table, None, 1, 1)
-            .is_ok_and(|rows| !rows.is_empty())
+            .dead_letter(self.table, position, reason, status.as_deref())?;
+        self.shared.stats.dead_lettered();
+        Ok(())
     }
 
     async fn idle(&self) {
@@ -253,11 +295,7 @@ impl Forwarder {
         let mut inflight: VecDeque<(OffsetId, u64, u64)> = VecDeque::new();
         loop {
             if inflight.len() < INFLIGHT_BATCHES {
-                let rows = match self
-                    .shared
-                    .spool
-                    .read(self.table, cursor, BATCH_ROWS, BATCH_BYTES)
-                {
+                let rows = match self.read(cursor, BATCH_ROWS, BATCH_BYTES) {
                     Ok(rows) => rows,
                     Err(e) => return StreamEnd::Spool(e),
                 };
@@ -296,9 +334,7 @@ impl Forwarder {
     /// dead-letters each with `reason`, and delivers the rest.
     async fn isolate(&self, reason: &str) -> Result<(), StreamEnd> {
         let window = self
-            .shared
-            .spool
-            .read(self.table, None, BATCH_ROWS * INFLIGHT_BATCHES, usize::MAX)
+            .read(None, BATCH_ROWS * INFLIGHT_BATCHES, usize::MAX)
             .map_err(StreamEnd::Spool)?;
         tracing::warn!(table = %self.table_name, rows = window.len(), reason = %reason,
             "Zerobus rejected a row; isolating it.");
@@ -330,25 +366,9 @@ impl Forwarder {
                     stream = Some(open);
                 }
                 Err(StreamEnd::Poison(message)) => match chunk.as_slice() {
-                    [single] => {
-                        tracing::error!(table = %self.table_name, position = single.position, reason = %message,
-                            "Zerobus rejected a row for good; moved to the dead-letter store.");
-                        // A status row about a rejected status row could be rejected in turn.
-                        let status = (self.table != Table::Status).then(|| {
-                            let detail = format!("{}: {message}", self.table_name);
-                            crate::status_row(
-                                &self.shared.connector_id,
-                                StatusEvent::DeadLettered,
-                                detail,
-                                1,
-                            )
-                        });
-                        self.shared
-                            .spool
-                            .dead_letter(self.table, single.position, &message, status.as_deref())
-                            .map_err(StreamEnd::Spool)?;
-                        self.shared.stats.dead_lettered();
-                    }
+                    [single] => self
+                        .move_aside(single.position, &message)
+                        .map_err(StreamEnd::Spool)?,
                     _ => {
                         let mut left = chunk;
                         let right = left.split_off(left.len() / 2);

@@ -38,7 +38,10 @@ impl UplinkError {
         match self {
             Self::Control(_) => ExitStatus::Protocol,
             Self::Spool(
-                SpoolError::Key { .. } | SpoolError::Format { .. } | SpoolError::Decrypt(_),
+                SpoolError::Key { .. }
+                | SpoolError::Format { .. }
+                | SpoolError::KeyMismatch { .. }
+                | SpoolError::Decrypt(_),
             ) => ExitStatus::Config,
             Self::Forward(_) => ExitStatus::Config,
             Self::Spool(_) | Self::Listen { .. } | Self::Runtime(_) => ExitStatus::OsErr,

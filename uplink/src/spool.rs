@@ -79,6 +79,14 @@ static ROWS: LazyLock<[TableDefinition<'static, u64, &'static [u8]>; Table::COUN
 const SOURCES: TableDefinition<&str, u64> = TableDefinition::new("sources");
 const DEAD_LETTERS: TableDefinition<u64, (u8, &str, &[u8])> = TableDefinition::new("dead_letters");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// A known text sealed under the spool's key at a position no row ever has, so that a wrong key
+/// file is told apart from a row damaged on disk.
+const KEY_CHECK: TableDefinition<&str, &[u8]> = TableDefinition::new("key_check");
+const KEY_CHECK_TEXT: &[u8] = b"iot-connector spool key check";
+const KEY_CHECK_POSITION: u64 = u64::MAX;
+/// How many rows per table a spool without a key check (written by an earlier release) is
+/// tried with the key before it is taken as the wrong one.
+const KEY_TRIAL_ROWS: usize = 8;
 
 /// Failures of the spool. All of them stop acknowledgements; none loses acknowledged data.
 #[derive(Debug, thiserror::Error)]
@@ -111,8 +119,18 @@ pub enum SpoolError {
         #[source]
         source: io::Error,
     },
-    /// A row failed authentication: wrong key, or the file was tampered with.
-    #[error("spool row at position {0} does not decrypt: wrong key file, or the spool was altered")]
+    /// The key file is not the one the spool was written with, or encryption was turned off
+    /// for an encrypted spool.
+    #[error("spool {path} {why}")]
+    KeyMismatch {
+        /// The spool file.
+        path: PathBuf,
+        /// What does not match and what to do.
+        why: &'static str,
+    },
+    /// A row failed authentication although the key is the spool's: it was damaged on disk or
+    /// altered.
+    #[error("spool row at position {0} does not decrypt: damaged on disk or altered")]
     Decrypt(u64),
     /// A storage operation failed.
     #[error("spool storage error: {0}")]
@@ -268,17 +286,17 @@ pub struct Spooled {
     pub row: Vec<u8>,
 }
 
-/// A row Zerobus rejected for good.
+/// A row moved out of the way: Zerobus rejected it for good, or it was damaged on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
     /// Where it was.
     pub position: u64,
     /// Its table.
     pub table: Table,
-    /// The server's reason.
+    /// Why it was moved aside: the server's reason, or that it was damaged on disk.
     pub reason: String,
-    /// The protobuf row.
-    pub row: Vec<u8>,
+    /// The protobuf row; `None` for a row that no longer decrypts.
+    pub row: Option<Vec<u8>>,
 }
 
 /// Sizes for metrics and health.
@@ -359,6 +377,43 @@ impl Spool {
             }
             txn.open_table(SOURCES)?;
             txn.open_table(DEAD_LETTERS)?;
+            let mismatch = |why| SpoolError::KeyMismatch {
+                path: path.clone(),
+                why,
+            };
+            let mut check = txn.open_table(KEY_CHECK)?;
+            let stored = check.get("sealed")?.map(|v| v.value().to_vec());
+            match (&key, stored) {
+                (Some(key), Some(sealed)) => {
+                    if key
+                        .open(epoch, Table::Status, KEY_CHECK_POSITION, &sealed)
+                        .is_err()
+                    {
+                        return Err(mismatch(
+                            "was written with another key: restore the key file it was written \
+                             with, or move the spool away to start an empty one",
+                        ));
+                    }
+                }
+                (Some(key), None) => {
+                    if !opens_a_row(&txn, key, epoch)? {
+                        return Err(mismatch(
+                            "holds rows that do not decrypt with this key file: restore the key \
+                             file they were written with, or move the spool away to start an \
+                             empty one",
+                        ));
+                    }
+                    let sealed = key.seal(epoch, Table::Status, KEY_CHECK_POSITION, KEY_CHECK_TEXT);
+                    check.insert("sealed", sealed.as_slice())?;
+                }
+                (None, Some(_)) => {
+                    return Err(mismatch(
+                        "is encrypted, but [spool] encrypt is off: turn it on again with the same \
+                         key file, or move the spool away to start an empty one",
+                    ));
+                }
+                (None, None) => {}
+            }
         }
         txn.commit()?;
         Ok(Self {
@@ -627,7 +682,7 @@ impl Spool {
                     .get(usize::from(table))
                     .copied()
                     .unwrap_or(Table::Status);
-                let row = self.unseal(table, k.value(), sealed)?;
+                let row = self.unseal(table, k.value(), sealed).ok();
                 out.push(DeadLetter {
                     position: k.value(),
                     table,
@@ -664,6 +719,26 @@ impl Spool {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(db.compact()?)
     }
+}
+
+/// Whether `key` opens one of the first rows of some table, or there are no rows at all.
+fn opens_a_row(
+    txn: &redb::WriteTransaction,
+    key: &SealKey,
+    epoch: u32,
+) -> Result<bool, SpoolError> {
+    let mut any = false;
+    for table in Table::ALL {
+        let rows = txn.open_table(rows_def(table))?;
+        for entry in rows.iter()?.take(KEY_TRIAL_ROWS) {
+            let (k, v) = entry?;
+            if key.open(epoch, table, k.value(), v.value()).is_ok() {
+                return Ok(true);
+            }
+            any = true;
+        }
+    }
+    Ok(!any)
 }
 
 fn rows_def(table: Table) -> TableDefinition<'static, u64, &'static [u8]> {
@@ -740,29 +815,125 @@ mod tests {
         haystack.windows(needle.len()).any(|w| w == needle)
     }
 
+    fn open_with(dir: &Path, key_name: Option<&str>) -> Result<Spool, SpoolError> {
+        let key = key_name.map(|name| SealKey::load_or_create(&dir.join("keys").join(name)));
+        Spool::open(
+            &dir.join("spool"),
+            key.transpose()?,
+            1 << 20,
+            SpoolPolicy::Block,
+        )
+    }
+
+    /// Flips one byte of the stored row of `table` at `position`, as a bad disk block would.
+    fn damage(dir: &Path, table: Table, position: u64) {
+        let db = Database::create(dir.join("spool/spool.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut rows = txn.open_table(rows_def(table)).unwrap();
+            let mut stored = rows.get(position).unwrap().unwrap().value().to_vec();
+            stored[0] ^= 0x55;
+            rows.insert(position, stored.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
     #[test]
-    fn a_spool_opened_with_another_key_reports_decrypt_errors() {
+    fn a_spool_opened_with_another_key_or_without_its_encryption_is_refused_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = keyed(dir.path(), "right.key", 1 << 20, SpoolPolicy::Block);
-        let rows = rows(Table::Mqtt, 3, 40);
+        let spool = open_with(dir.path(), Some("right.key")).unwrap();
         spool
-            .append(&[batch("broker", 1, &rows)], &status_row)
+            .append(
+                &[batch("broker", 1, &rows(Table::Mqtt, 3, 40))],
+                &status_row,
+            )
             .unwrap();
-        spool.dead_letter(Table::Mqtt, 0, "rejected", None).unwrap();
         drop(spool);
 
-        let spool = keyed(dir.path(), "wrong.key", 1 << 20, SpoolPolicy::Block);
+        for (key, says) in [
+            (Some("wrong.key"), "was written with another key"),
+            (None, "is encrypted, but [spool] encrypt is off"),
+        ] {
+            match open_with(dir.path(), key) {
+                Err(e @ SpoolError::KeyMismatch { .. }) => {
+                    assert!(e.to_string().contains(says), "{e}");
+                }
+                other => panic!("{key:?}: {other:?}"),
+            }
+        }
+        let spool = open_with(dir.path(), Some("right.key")).unwrap();
+        assert_eq!(
+            spool.read(Table::Mqtt, None, 10, usize::MAX).unwrap().len(),
+            3
+        );
+    }
+
+    #[test]
+    fn a_spool_of_an_earlier_release_gets_its_key_check_when_its_rows_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = open_with(dir.path(), Some("right.key")).unwrap();
+        spool
+            .append(
+                &[batch("broker", 1, &rows(Table::Mqtt, 3, 40))],
+                &status_row,
+            )
+            .unwrap();
+        drop(spool);
+        let forget_check = || {
+            let db = Database::create(dir.path().join("spool/spool.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.delete_table(KEY_CHECK).unwrap();
+            txn.commit().unwrap();
+        };
+
+        forget_check();
+        assert!(matches!(
+            open_with(dir.path(), Some("wrong.key")),
+            Err(SpoolError::KeyMismatch { .. })
+        ));
+        // One damaged row does not make the right key look wrong.
+        damage(dir.path(), Table::Mqtt, 0);
+        drop(open_with(dir.path(), Some("right.key")).unwrap());
+        // The check written by that open now refuses the wrong key at once.
+        assert!(matches!(
+            open_with(dir.path(), Some("wrong.key")),
+            Err(SpoolError::KeyMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn a_damaged_row_reports_decrypt_and_can_be_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = open_with(dir.path(), Some("right.key")).unwrap();
+        spool
+            .append(
+                &[batch("broker", 1, &rows(Table::Mqtt, 3, 40))],
+                &status_row,
+            )
+            .unwrap();
+        drop(spool);
+        damage(dir.path(), Table::Mqtt, 1);
+
+        let spool = open_with(dir.path(), Some("right.key")).unwrap();
         assert!(matches!(
             spool.read(Table::Mqtt, None, 10, usize::MAX),
             Err(SpoolError::Decrypt(1))
         ));
-        assert!(matches!(
-            spool.read(Table::Mqtt, Some(1), 10, usize::MAX),
-            Err(SpoolError::Decrypt(2))
-        ));
-        assert!(matches!(spool.dead_letters(), Err(SpoolError::Decrypt(0))));
+        spool
+            .dead_letter(
+                Table::Mqtt,
+                1,
+                "does not decrypt",
+                Some(b"status".as_slice()),
+            )
+            .unwrap();
+        let rows = spool.read(Table::Mqtt, None, 10, usize::MAX).unwrap();
+        assert_eq!(rows.iter().map(|r| r.position).collect::<Vec<_>>(), [0, 2]);
+        let dead = spool.dead_letters().unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!((dead[0].position, dead[0].row.as_ref()), (1, None));
         // What needs no key still works, so the operator can see what is stuck.
-        assert_eq!(spool.stats().unwrap().rows, [0, 2, 0, 0]);
+        assert_eq!(spool.stats().unwrap().rows, [0, 2, 0, 1]);
         assert_eq!(spool.last_seq("broker").unwrap(), Some(3));
     }
 

@@ -317,7 +317,7 @@ impl Model {
                     position,
                     table,
                     reason: reason.to_owned(),
-                    row,
+                    row: Some(row),
                 },
             );
         }

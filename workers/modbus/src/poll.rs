@@ -23,7 +23,7 @@ use std::{future::Future, io, time::Duration};
 
 use iot_connector_config::{ModbusRegister, ModbusSource, Parity, RegisterKind};
 use iot_connector_proto::{Detail, ModbusDetail, Quality, StatusDetail, StatusEvent, Value};
-use iot_connector_runtime::{Backoff, Sink, WindowFull, health, now_us};
+use iot_connector_runtime::{Backoff, LogGate, Sink, WindowFull, health, now_us};
 use tokio::{net::TcpStream, time::Instant};
 use tokio_modbus::{
     ExceptionCode, ProtocolError, Response, Slave,
@@ -42,8 +42,6 @@ const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often missed scans and skipped records are reported at most.
 const GAP_REPORT_EVERY: Duration = Duration::from_secs(10);
-/// How often a log line caused by device data (exceptions, malformed answers) is repeated at most.
-const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Serial line settings of `rtu://`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -644,25 +642,6 @@ async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Context, Link
             let _ = port.clear(tokio_serial::ClearBuffer::All);
             Ok(rtu::attach_slave(port, Slave(1)))
         }
-    }
-}
-
-/// Lets one log line through per [`LOG_EVERY`] and counts the rest.
-#[derive(Debug, Default)]
-struct LogGate {
-    next: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogGate {
-    /// `Some(lines suppressed since the last one)` when a line may be written.
-    fn open(&mut self, now: Instant) -> Option<u64> {
-        if self.next.is_some_and(|next| now < next) {
-            self.suppressed += 1;
-            return None;
-        }
-        self.next = Some(now + LOG_EVERY);
-        Some(std::mem::take(&mut self.suppressed))
     }
 }
 

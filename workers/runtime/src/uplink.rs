@@ -9,9 +9,11 @@ use std::{
     time::Duration,
 };
 
-use iot_connector_ipc::{FrameReader, FrameWriter, IpcError, connect_data, expect, handshake};
+use iot_connector_ipc::{
+    FrameReader, FrameWriter, IpcError, MAX_RECORD_BYTES, connect_data, expect, handshake,
+};
 use iot_connector_proto::{
-    Detail, Message, Quality, Record, Role, StatusDetail, StatusEvent, Value, WorkerSettings,
+    Detail, Message, Quality, Record, Role, StatusDetail, StatusEvent, Table, Value, WorkerSettings,
 };
 use tokio::{
     io::{ReadHalf, WriteHalf},
@@ -20,8 +22,8 @@ use tokio::{
 };
 
 use crate::{
-    Backoff, now_us,
-    window::{Limits, Sequence, Window},
+    Backoff, LogGate, now_us,
+    window::{Limits, Sequence, Window, approx_len},
 };
 
 type Stream = iot_connector_ipc::DataStream;
@@ -62,6 +64,7 @@ pub struct Sink {
     /// The sequence and the queue, under one lock so queue order is sequence order.
     next: Mutex<(Sequence, mpsc::UnboundedSender<Record>)>,
     acked: watch::Receiver<Option<u64>>,
+    oversize_log: Mutex<LogGate>,
 }
 
 impl Sink {
@@ -95,6 +98,7 @@ impl Sink {
             window,
             next: Mutex::new((Sequence::after(last_durable), queue)),
             acked,
+            oversize_log: Mutex::default(),
         }
     }
 
@@ -145,7 +149,7 @@ impl Sink {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let seq = next.0.take();
         crate::health().pushed();
-        let record = Record {
+        let mut record = Record {
             seq,
             event_time_us,
             ingest_time_us: now_us(),
@@ -153,9 +157,45 @@ impl Sink {
             value,
             detail,
         };
+        let size = approx_len(&record);
+        if size > MAX_RECORD_BYTES {
+            record = self.moved_aside(record, size);
+        }
         // The connection task only ends when every sink is gone, so this cannot fail while `self` lives.
         let _ = next.1.send(record);
         seq
+    }
+
+    /// A record too large to send is replaced, under its sequence number, by a `dropped` status
+    /// row naming it and its size; otherwise it would be refused by every frame and hold its
+    /// source still. Counted as `oversize`, logged at most once a minute.
+    fn moved_aside(&self, record: Record, size: usize) -> Record {
+        let table = Table::of(&record.detail);
+        // The subject itself may be what is large (a topic can be 64 KiB).
+        let subject: String = record.detail.subject().chars().take(200).collect();
+        let detail = format!(
+            "{subject:?} ({table} table): a record of about {size} bytes, over the \
+             {MAX_RECORD_BYTES}-byte limit of one record; dropped"
+        );
+        crate::health().dropped("oversize", 1);
+        let gate = self
+            .oversize_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .open(Instant::now());
+        if let Some(suppressed) = gate {
+            tracing::warn!(suppressed, "{detail}");
+        }
+        Record {
+            quality: Quality::Good,
+            value: Value::Null,
+            detail: Detail::Status(StatusDetail {
+                event: StatusEvent::Dropped,
+                detail,
+                count: 1,
+            }),
+            ..record
+        }
     }
 
     /// The sequence number the next pushed record will get.

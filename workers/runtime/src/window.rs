@@ -178,7 +178,7 @@ impl Window {
 }
 
 /// A cheap upper estimate of a record's encoded size, to keep batches under the frame limit.
-fn approx_len(record: &Record) -> usize {
+pub(crate) fn approx_len(record: &Record) -> usize {
     let detail = match &record.detail {
         Detail::Opcua(d) => {
             d.endpoint.len()

@@ -45,11 +45,11 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use iot_connector_proto::{Detail, MqttDetail, StatusEvent};
-use iot_connector_runtime::{Backoff, Sink, health, now_us};
+use iot_connector_runtime::{Backoff, LogGate, Sink, health, now_us};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::payload::{Decoder, Message};
@@ -59,8 +59,6 @@ use client::{AckToken, Client, Event, EventLoop, Failure, FailureKind, MAX_UNACK
 /// this keeps a flood of large messages from growing the worker instead of pausing it.
 pub const MAX_UNDURABLE_BYTES: usize = 64 << 20;
 const PERMIT_BYTES: usize = 1024;
-/// Field-triggered warnings (parse errors, Sparkplug gaps) at most this often.
-const WARN_EVERY: Duration = Duration::from_secs(60);
 
 fn network_backoff() -> Backoff {
     Backoff::new(Duration::from_millis(500), Duration::from_secs(30))
@@ -171,8 +169,8 @@ pub async fn run(plan: Plan, decoder: Decoder, sink: Arc<Sink>) {
             network: network_backoff(),
             configuration: configuration_backoff(),
         },
-        parse_errors: RateLimit::default(),
-        gaps: RateLimit::default(),
+        parse_errors: LogGate::default(),
+        gaps: LogGate::default(),
     };
     loop {
         session.acknowledge_durable().await;
@@ -254,29 +252,6 @@ struct Link {
     configuration: Backoff,
 }
 
-/// Logs a field-triggered warning at most every [`WARN_EVERY`], counting the rest.
-#[derive(Debug, Default)]
-struct RateLimit {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimit {
-    /// Whether to log now, and how many were suppressed since the last line.
-    fn allow(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < WARN_EVERY)
-        {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
-    }
-}
-
 struct Session {
     plan: Plan,
     decoder: Decoder,
@@ -288,8 +263,8 @@ struct Session {
     ledger: Arc<Mutex<Ledger>>,
     budget: Arc<Semaphore>,
     link: Link,
-    parse_errors: RateLimit,
-    gaps: RateLimit,
+    parse_errors: LogGate,
+    gaps: LogGate,
 }
 
 impl Session {
@@ -434,7 +409,7 @@ impl Session {
             received_us: now_us(),
         });
         for gap in decoded.gaps {
-            if let Some(suppressed) = self.gaps.allow() {
+            if let Some(suppressed) = self.gaps.open(tokio::time::Instant::now()) {
                 tracing::warn!(source = %self.plan.source, suppressed, "{}", gap.detail);
             }
             self.sink
@@ -445,7 +420,7 @@ impl Session {
         for item in decoded.items {
             if let Some(error) = &item.parse_error {
                 health().parse_error();
-                if let Some(suppressed) = self.parse_errors.allow() {
+                if let Some(suppressed) = self.parse_errors.open(tokio::time::Instant::now()) {
                     tracing::warn!(
                         source = %self.plan.source,
                         topic = %message.topic,
