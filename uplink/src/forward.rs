@@ -162,7 +162,7 @@ impl Forwarder {
         let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let mut auth_retry = Backoff::new(Duration::from_secs(2), Duration::from_secs(300));
         loop {
-            if !self.has_rows() {
+            if !self.has_rows().await {
                 self.idle().await;
                 continue;
             }
@@ -213,36 +213,58 @@ impl Forwarder {
         }
     }
 
-    fn has_rows(&self) -> bool {
-        self.read(None, 1, 1).is_ok_and(|rows| !rows.is_empty())
+    async fn has_rows(&self) -> bool {
+        self.read(None, 1, 1)
+            .await
+            .is_ok_and(|rows| !rows.is_empty())
+    }
+
+    /// Runs a spool operation where blocking is allowed: a redb read, or a commit with its
+    /// fsync, must not hold one of the runtime's threads that serve the workers.
+    async fn spool<T: Send + 'static>(
+        &self,
+        operation: impl FnOnce(&Spool) -> Result<T, SpoolError> + Send + 'static,
+    ) -> Result<T, SpoolError> {
+        let spool = Arc::clone(&self.shared.spool);
+        tokio::task::spawn_blocking(move || operation(&spool))
+            .await
+            .unwrap_or_else(|e| Err(SpoolError::Task(e.to_string())))
     }
 
     /// Reads the table's next rows after `after`. A row that does not decrypt can never be
     /// sent (the spool checked its key at open, so the row itself was damaged on disk): it is
     /// moved to the dead-letter store, counted and reported, and reading goes on.
-    fn read(
+    async fn read(
         &self,
         after: Option<u64>,
         max_rows: usize,
         max_bytes: usize,
     ) -> Result<Vec<Spooled>, SpoolError> {
+        let table = self.table;
         loop {
             match self
-                .shared
-                .spool
-                .read(self.table, after, max_rows, max_bytes)
+                .spool(move |spool| spool.read(table, after, max_rows, max_bytes))
+                .await
             {
                 Err(SpoolError::Decrypt(position)) => {
-                    self.move_aside(position, &SpoolError::Decrypt(position).to_string())?;
+                    let reason = SpoolError::Decrypt(position).to_string();
+                    self.move_aside(position, reason).await?;
                 }
                 other => return other,
             }
         }
     }
 
+    /// Deletes the table's rows through `position`: Zerobus holds them durably.
+    async fn remove_through(&self, position: u64) -> Result<u64, SpoolError> {
+        let table = self.table;
+        self.spool(move |spool| spool.remove_through(table, position))
+            .await
+    }
+
     /// Moves the row at `position` to the dead-letter store with `reason`, and writes a status
     /// row saying so in the same transaction.
-    fn move_aside(&self, position: u64, reason: &str) -> Result<(), SpoolError> {
+    async fn move_aside(&self, position: u64, reason: String) -> Result<(), SpoolError> {
         tracing::error!(table = %self.table_name, position, reason = %reason,
             "A row cannot be delivered; moved to the dead-letter store.");
         // A status row about a dead-lettered status row could be dead-lettered in turn.
@@ -255,9 +277,9 @@ impl Forwarder {
                 1,
             )
         });
-        self.shared
-            .spool
-            .dead_letter(self.table, position, reason, status.as_deref())?;
+        let table = self.table;
+        self.spool(move |spool| spool.dead_letter(table, position, &reason, status.as_deref()))
+            .await?;
         self.shared.stats.dead_lettered();
         Ok(())
     }
@@ -295,7 +317,7 @@ impl Forwarder {
         let mut inflight: VecDeque<(OffsetId, u64, u64)> = VecDeque::new();
         loop {
             if inflight.len() < INFLIGHT_BATCHES {
-                let rows = match self.read(cursor, BATCH_ROWS, BATCH_BYTES) {
+                let rows = match self.read(cursor, BATCH_ROWS, BATCH_BYTES).await {
                     Ok(rows) => rows,
                     Err(e) => return StreamEnd::Spool(e),
                 };
@@ -322,7 +344,7 @@ impl Forwarder {
             }
             inflight.pop_front();
             self.shared.stats.zerobus_acked(self.table, count);
-            if let Err(e) = self.shared.spool.remove_through(self.table, last) {
+            if let Err(e) = self.remove_through(last).await {
                 return StreamEnd::Spool(e);
             }
             retry.reset();
@@ -335,6 +357,7 @@ impl Forwarder {
     async fn isolate(&self, reason: &str) -> Result<(), StreamEnd> {
         let window = self
             .read(None, BATCH_ROWS * INFLIGHT_BATCHES, usize::MAX)
+            .await
             .map_err(StreamEnd::Spool)?;
         tracing::warn!(table = %self.table_name, rows = window.len(), reason = %reason,
             "Zerobus rejected a row; isolating it.");
@@ -356,10 +379,7 @@ impl Forwarder {
             };
             match sent.map_err(classify) {
                 Ok(()) => {
-                    self.shared
-                        .spool
-                        .remove_through(self.table, last)
-                        .map_err(StreamEnd::Spool)?;
+                    self.remove_through(last).await.map_err(StreamEnd::Spool)?;
                     self.shared
                         .stats
                         .zerobus_acked(self.table, chunk.len() as u64);
@@ -367,7 +387,8 @@ impl Forwarder {
                 }
                 Err(StreamEnd::Poison(message)) => match chunk.as_slice() {
                     [single] => self
-                        .move_aside(single.position, &message)
+                        .move_aside(single.position, message)
+                        .await
                         .map_err(StreamEnd::Spool)?,
                     _ => {
                         let mut left = chunk;

@@ -187,15 +187,20 @@ async fn compact_when_drained(spool: Arc<Spool>, file: std::path::PathBuf) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
     loop {
         tick.tick().await;
-        let drained = spool.stats().is_ok_and(|s| s.rows.iter().all(|r| *r == 0));
-        let large = std::fs::metadata(&file).is_ok_and(|m| m.len() > SLACK_BYTES);
-        if drained && large {
-            let spool = Arc::clone(&spool);
-            match tokio::task::spawn_blocking(move || spool.compact()).await {
-                Ok(Ok(_)) => tracing::info!("Compacted the drained spool."),
-                Ok(Err(e)) => tracing::warn!(error = %e, "Spool compaction failed."),
-                Err(_) => {}
-            }
+        if !std::fs::metadata(&file).is_ok_and(|m| m.len() > SLACK_BYTES) {
+            continue;
+        }
+        // The look at the spool and the compaction block: they run where blocking is allowed.
+        let spool = Arc::clone(&spool);
+        let compacted = tokio::task::spawn_blocking(move || {
+            let drained = spool.stats()?.rows.iter().all(|r| *r == 0);
+            drained.then(|| spool.compact()).transpose()
+        })
+        .await;
+        match compacted {
+            Ok(Ok(Some(_))) => tracing::info!("Compacted the drained spool."),
+            Ok(Err(e)) => tracing::warn!(error = %e, "Spool compaction failed."),
+            Ok(Ok(None)) | Err(_) => {}
         }
     }
 }

@@ -135,6 +135,9 @@ pub enum SpoolError {
     /// A storage operation failed.
     #[error("spool storage error: {0}")]
     Storage(#[from] redb::Error),
+    /// The thread running a spool operation failed.
+    #[error("spool operation failed: {0}")]
+    Task(String),
 }
 
 macro_rules! storage_from {
