@@ -15,6 +15,14 @@ pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
 /// worker moves a larger record aside as a counted `dropped` status row instead of sending it.
 pub const MAX_RECORD_BYTES: usize = MAX_FRAME_BYTES / 2;
 
+/// Upper bound of a frame before the peer is authenticated (`Hello`, `Bind`, an operator's
+/// command): an unauthenticated local process must not make a listener allocate more.
+pub const MAX_HANDSHAKE_FRAME_BYTES: usize = 64 * 1024;
+
+/// How long a listener waits for a new connection's handshake (and, on the data socket, its
+/// `Bind`) before it drops the connection.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 type Codec = Configuration<LittleEndian, Varint, Limit<MAX_FRAME_BYTES>>;
 
 fn codec() -> Codec {
@@ -26,12 +34,14 @@ pub fn encode(message: &Message) -> Result<Vec<u8>, IpcError> {
     let mut frame = vec![0; 4];
     bincode::encode_into_std_write(message, &mut frame, codec()).map_err(IpcError::Encode)?;
     let body = frame.len() - 4;
+    let too_large = IpcError::FrameTooLarge {
+        len: body,
+        limit: MAX_FRAME_BYTES,
+    };
     if body > MAX_FRAME_BYTES {
-        return Err(IpcError::FrameTooLarge(body));
+        return Err(too_large);
     }
-    let prefix = u32::try_from(body)
-        .map_err(|_| IpcError::FrameTooLarge(body))?
-        .to_be_bytes();
+    let prefix = u32::try_from(body).map_err(|_| too_large)?.to_be_bytes();
     frame.splice(0..4, prefix);
     Ok(frame)
 }
@@ -39,7 +49,10 @@ pub fn encode(message: &Message) -> Result<Vec<u8>, IpcError> {
 /// Decodes one frame body (without its length prefix). Any input gives a message or an error.
 pub fn decode(body: &[u8]) -> Result<Message, IpcError> {
     if body.len() > MAX_FRAME_BYTES {
-        return Err(IpcError::FrameTooLarge(body.len()));
+        return Err(IpcError::FrameTooLarge {
+            len: body.len(),
+            limit: MAX_FRAME_BYTES,
+        });
     }
     let (message, used) =
         bincode::decode_from_slice::<Message, _>(body, codec()).map_err(IpcError::Decode)?;
@@ -58,15 +71,31 @@ const KEEP_BUFFER_BYTES: usize = 64 * 1024;
 pub struct FrameReader<R> {
     inner: R,
     body: Vec<u8>,
+    limit: usize,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    /// Wraps a byte stream.
+    /// Wraps a byte stream, taking frames up to [`MAX_FRAME_BYTES`].
     pub fn new(inner: R) -> Self {
         Self {
             inner,
             body: Vec::new(),
+            limit: MAX_FRAME_BYTES,
         }
+    }
+
+    /// Wraps a byte stream from a peer not yet authenticated, taking frames up to
+    /// [`MAX_HANDSHAKE_FRAME_BYTES`] until [`FrameReader::authenticated`].
+    pub fn unauthenticated(inner: R) -> Self {
+        Self {
+            limit: MAX_HANDSHAKE_FRAME_BYTES,
+            ..Self::new(inner)
+        }
+    }
+
+    /// The peer is who it must be: frames up to [`MAX_FRAME_BYTES`] from now on.
+    pub fn authenticated(&mut self) {
+        self.limit = MAX_FRAME_BYTES;
     }
 
     /// Reads the next message; `Ok(None)` when the peer closed cleanly between frames.
@@ -87,10 +116,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             filled += n;
         }
-        let len = usize::try_from(u32::from_be_bytes(prefix))
-            .map_err(|_| IpcError::FrameTooLarge(usize::MAX))?;
-        if len > MAX_FRAME_BYTES {
-            return Err(IpcError::FrameTooLarge(len));
+        let len = usize::try_from(u32::from_be_bytes(prefix)).unwrap_or(usize::MAX);
+        if len > self.limit {
+            return Err(IpcError::FrameTooLarge {
+                len,
+                limit: self.limit,
+            });
         }
         self.body.resize(len, 0);
         let read = self.inner.read_exact(&mut self.body).await;
@@ -171,8 +202,34 @@ mod tests {
         let mut reader = FrameReader::new(&prefix[..]);
         assert!(matches!(
             reader.recv().await,
-            Err(IpcError::FrameTooLarge(_))
+            Err(IpcError::FrameTooLarge { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn an_unauthenticated_peer_gets_the_handshake_limit_until_authenticated() {
+        let prefix = u32::try_from(MAX_HANDSHAKE_FRAME_BYTES + 1)
+            .unwrap()
+            .to_be_bytes();
+        let mut reader = FrameReader::unauthenticated(&prefix[..]);
+        match reader.recv().await {
+            Err(IpcError::FrameTooLarge { len, limit }) => {
+                assert_eq!(
+                    (len, limit),
+                    (MAX_HANDSHAKE_FRAME_BYTES + 1, MAX_HANDSHAKE_FRAME_BYTES)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let big = Message::Refused {
+            reason: "x".repeat(MAX_HANDSHAKE_FRAME_BYTES),
+        };
+        let mut frames = encode(&Message::Ready).unwrap();
+        frames.extend(encode(&big).unwrap());
+        let mut reader = FrameReader::unauthenticated(&frames[..]);
+        assert_eq!(reader.recv().await.unwrap(), Some(Message::Ready));
+        reader.authenticated();
+        assert_eq!(reader.recv().await.unwrap(), Some(big));
     }
 
     #[tokio::test]

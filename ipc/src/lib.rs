@@ -8,6 +8,7 @@
 //! child between fork and exec), each block with its `SAFETY:` argument.
 #![deny(unsafe_code)]
 
+mod accept;
 mod backoff;
 mod exit;
 mod frame;
@@ -17,10 +18,14 @@ pub mod os;
 mod phase;
 mod socket;
 
+pub use accept::AcceptErrors;
 pub use backoff::Backoff;
 pub use exit::ExitStatus;
-pub use frame::{FrameReader, FrameWriter, MAX_FRAME_BYTES, MAX_RECORD_BYTES, decode, encode};
-pub use logging::{FORMAT_ENV, SOURCE_ENV, init_logging};
+pub use frame::{
+    FrameReader, FrameWriter, HANDSHAKE_TIMEOUT, MAX_FRAME_BYTES, MAX_HANDSHAKE_FRAME_BYTES,
+    MAX_RECORD_BYTES, decode, encode,
+};
+pub use logging::{FORMAT_ENV, LOG_EVERY, LogGate, SOURCE_ENV, init_logging};
 pub use operator::send_command;
 pub use phase::{Expect, Phase, expect, handshake};
 pub use socket::{DataListener, DataStream, PeerIdentity, connect_data, new_token, tokens_match};
@@ -35,9 +40,14 @@ pub enum IpcError {
     /// Reading or writing the socket failed.
     #[error("IPC socket I/O failed: {0}")]
     Io(#[from] io::Error),
-    /// The peer announced a frame larger than the hard limit.
-    #[error("IPC frame of {0} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")]
-    FrameTooLarge(usize),
+    /// The peer announced a frame larger than the limit of where the conversation is.
+    #[error("IPC frame of {len} bytes exceeds the {limit}-byte limit")]
+    FrameTooLarge {
+        /// The announced (or encoded) length.
+        len: usize,
+        /// The limit that applied.
+        limit: usize,
+    },
     /// The frame body is not a valid message.
     #[error("IPC frame does not decode: {0}")]
     Decode(#[source] bincode::error::DecodeError),

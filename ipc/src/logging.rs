@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use tokio::time::{Duration, Instant};
+
 use tracing::{Event, Subscriber};
 use tracing_subscriber::{
     EnvFilter,
@@ -76,5 +78,31 @@ pub fn init_logging() {
                 inner,
             })
             .init();
+    }
+}
+
+/// How often a log line caused by field data or a peer (a bad payload, an exception answer, an
+/// oversize value, a refused connection) may be written per kind; the rest are counted and
+/// reported with the next line.
+pub const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Lets one log line through per [`LOG_EVERY`] and counts the rest, so that a device or
+/// broker sending the same bad data many times a second, or a local process opening
+/// connections in a loop, cannot flood the journal.
+#[derive(Debug, Default)]
+pub struct LogGate {
+    next: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogGate {
+    /// `Some(lines suppressed since the last one)` when a line may be written now.
+    pub fn open(&mut self, now: Instant) -> Option<u64> {
+        if self.next.is_some_and(|next| now < next) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.next = Some(now + LOG_EVERY);
+        Some(std::mem::take(&mut self.suppressed))
     }
 }

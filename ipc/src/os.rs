@@ -121,3 +121,18 @@ pub fn release_free_memory() {
         nix::libc::malloc_trim(0);
     }
 }
+
+/// Raises this process's soft limit of open descriptors to its hard limit (systemd's default
+/// soft limit is 1,024, the hard one 524,288), so that a flood of local connections reaches the
+/// listeners' own caps long before the kernel's. Returns the soft limit now in force.
+pub fn raise_file_limit() -> io::Result<u64> {
+    // An unlimited hard limit is above the kernel's `nr_open` (2^20 by default), which
+    // setrlimit refuses.
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    let target = hard.min(1 << 20);
+    if soft >= target {
+        return Ok(soft);
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, target, hard).map_err(io::Error::from)?;
+    Ok(target)
+}

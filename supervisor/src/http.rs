@@ -6,6 +6,7 @@ use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, header, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use iot_connector_ipc::AcceptErrors;
 use tokio::{net::TcpListener, sync::Semaphore};
 
 use crate::{board::Board, health, metrics};
@@ -59,10 +60,16 @@ pub fn route<B>(board: &Board, request: &Request<B>) -> Response<Full<Bytes>> {
 /// Serves until the process ends.
 pub async fn serve(listener: TcpListener, board: Board) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut errors = AcceptErrors::new("http");
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                errors.failed(&e).await;
+                continue;
+            }
         };
+        errors.accepted();
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             tracing::warn!(%peer, "Too many HTTP connections; refused one.");
             continue;

@@ -11,12 +11,15 @@ use std::{
 };
 
 use iot_connector_config::Loaded;
-use iot_connector_ipc::{FrameReader, FrameWriter, IpcError, expect, handshake};
+use iot_connector_ipc::{
+    AcceptErrors, FrameReader, FrameWriter, HANDSHAKE_TIMEOUT, IpcError, LogGate, expect,
+    handshake, os,
+};
 use iot_connector_proto::{Message, OperatorCommand, OperatorReply, Role};
 use tokio::{
     net::UnixListener,
     signal::unix::{SignalKind, signal},
-    sync::{mpsc, oneshot},
+    sync::{Semaphore, mpsc, oneshot},
 };
 
 use crate::{
@@ -188,6 +191,10 @@ fn private_dir(path: &Path, mode: u32) -> Result<(), MainError> {
 
 /// Runs the connector until SIGTERM or SIGINT.
 pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), MainError> {
+    match os::raise_file_limit() {
+        Ok(files) => tracing::debug!(files, "Open descriptor limit."),
+        Err(e) => tracing::warn!(error = %e, "Cannot raise the open descriptor limit."),
+    }
     private_dir(&loaded.state_dir, 0o750)?;
     private_dir(&loaded.runtime_dir, 0o750)?;
     let bin_dir = match &loaded.config.connector.bin_dir {
@@ -304,34 +311,65 @@ fn status_line(board: &Board) -> String {
 
 type CommandRequest = (OperatorCommand, oneshot::Sender<OperatorReply>);
 
-/// The operator's control socket: one command per connection.
+/// Operator connections served at once at most; more are closed at once.
+const MAX_OPERATOR_CONNECTIONS: usize = 16;
+/// How long one operator command may take, from its arrival to the reply.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The operator's control socket: one command per connection. The handshake and the command
+/// come in small frames within [`HANDSHAKE_TIMEOUT`]; a failing `accept` pauses the loop.
 async fn serve_control(listener: UnixListener, commands: mpsc::UnboundedSender<CommandRequest>) {
+    let permits = Arc::new(Semaphore::new(MAX_OPERATOR_CONNECTIONS));
+    let mut errors = AcceptErrors::new("control socket");
+    let mut refused = LogGate::default();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                errors.failed(&e).await;
+                continue;
+            }
+        };
+        errors.accepted();
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            if let Some(suppressed) = refused.open(tokio::time::Instant::now()) {
+                tracing::warn!(
+                    suppressed,
+                    "{MAX_OPERATOR_CONNECTIONS} operator connections are open; closed a new one."
+                );
+            }
             continue;
         };
         let commands = commands.clone();
         tokio::spawn(async move {
             let (rx, tx) = stream.into_split();
-            let (mut reader, mut writer) = (FrameReader::new(rx), FrameWriter::new(tx));
+            let (mut reader, mut writer) = (FrameReader::unauthenticated(rx), FrameWriter::new(tx));
             let exchange = async {
-                handshake(&mut reader, &mut writer, Role::Supervisor, Role::Operator).await?;
-                let command = reader.expect(expect::COMMAND).await?;
+                let request = async {
+                    handshake(&mut reader, &mut writer, Role::Supervisor, Role::Operator).await?;
+                    reader.expect(expect::COMMAND).await
+                };
+                let command = tokio::time::timeout(HANDSHAKE_TIMEOUT, request)
+                    .await
+                    .map_err(|_| {
+                        IpcError::Handshake(format!(
+                            "no Hello and command within {HANDSHAKE_TIMEOUT:?}"
+                        ))
+                    })??;
                 let (reply_tx, reply_rx) = oneshot::channel();
                 commands
                     .send((command, reply_tx))
                     .map_err(|_| IpcError::Refused("shutting down".into()))?;
-                let reply = reply_rx
+                let reply = tokio::time::timeout(COMMAND_TIMEOUT, reply_rx)
                     .await
+                    .map_err(|_| IpcError::Refused("timed out".into()))?
                     .map_err(|_| IpcError::Refused("shutting down".into()))?;
                 writer.send(&Message::Reply(reply)).await
             };
-            if let Err(e) = tokio::time::timeout(Duration::from_secs(60), exchange)
-                .await
-                .unwrap_or(Err(IpcError::Refused("timed out".into())))
-            {
+            if let Err(e) = exchange.await {
                 tracing::warn!(error = %e, "Operator command failed.");
             }
+            drop(permit);
         });
     }
 }

@@ -78,6 +78,7 @@ async fn serve() -> Result<(), UplinkError> {
     let (hub, listener, shared) = start(&settings)?;
     writer.send(&Message::Ready).await?;
     tokio::spawn(heartbeats(writer, Arc::clone(&shared)));
+    tokio::spawn(Arc::clone(&hub).serve(listener));
     let control = async {
         // Until the supervisor is gone: then stop; the spool keeps what is not forwarded yet.
         while let Some(grant) = reader.next(expect::UPLINK_CONTROL).await? {
@@ -96,10 +97,6 @@ async fn serve() -> Result<(), UplinkError> {
             tracing::info!("Stopped on SIGTERM; the spool holds the rest.");
             Ok(())
         }
-        failed = Arc::clone(&hub).serve(listener) => Err(UplinkError::Listen {
-            path: settings.data_socket.clone(),
-            source: failed.err().unwrap_or_else(|| std::io::Error::other("listener ended")),
-        }),
     }
 }
 

@@ -7,11 +7,11 @@ use std::{
 };
 
 use iot_connector_ipc::{
-    DataListener, DataStream, FrameReader, FrameWriter, IpcError, PeerIdentity, expect, handshake,
-    tokens_match,
+    AcceptErrors, DataListener, DataStream, FrameReader, FrameWriter, HANDSHAKE_TIMEOUT, IpcError,
+    LogGate, PeerIdentity, expect, handshake, tokens_match,
 };
 use iot_connector_proto::{Detail, Message, Record, Role, SourceGrant, Table, table::encode_row};
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc as channel, oneshot};
 
 use crate::{spool::Incoming, stats::Stats, writer::WriterRequest};
 
@@ -21,6 +21,14 @@ type PendingAck = (
     std::time::Instant,
     oneshot::Receiver<Result<(), String>>,
 );
+
+/// Connections not yet bound to a source at most; more are closed at once. Each may hold one
+/// frame of at most `MAX_HANDSHAKE_FRAME_BYTES` for at most `HANDSHAKE_TIMEOUT`.
+const MAX_HANDSHAKING: usize = 64;
+/// Batches of one connection waiting for their commit at most. A worker that sends faster than
+/// the spool commits waits (its socket is not read) instead of growing the uplink's queues; with
+/// one bound connection per source, this bounds the writer's queue too.
+const MAX_PENDING_BATCHES: usize = 256;
 
 /// Shared by every connection.
 #[derive(Debug)]
@@ -32,6 +40,10 @@ pub struct Hub {
     /// barrier sees every batch of the connection it replaced.
     routes: Mutex<Routes>,
     stats: Arc<Stats>,
+    /// Log lines about connections that never bound a source: any local process with access to
+    /// the socket can cause them, as fast as it likes.
+    unbound_log: Mutex<LogGate>,
+    refused_log: Mutex<LogGate>,
 }
 
 #[derive(Debug)]
@@ -55,6 +67,8 @@ impl Hub {
                 writer,
                 generations: HashMap::new(),
             }),
+            unbound_log: Mutex::default(),
+            refused_log: Mutex::default(),
         }
     }
 
@@ -63,42 +77,90 @@ impl Hub {
         lock(&self.grants).insert(grant.source.clone(), grant);
     }
 
-    /// Accepts connections until the listener fails.
-    pub async fn serve(self: Arc<Self>, listener: DataListener) -> std::io::Result<()> {
+    /// Accepts connections for the life of the process: a failing `accept` pauses the loop,
+    /// never ends it.
+    pub async fn serve(self: Arc<Self>, listener: DataListener) {
+        let handshaking = Arc::new(Semaphore::new(MAX_HANDSHAKING));
+        let mut errors = AcceptErrors::new("data socket");
+        let mut refused = LogGate::default();
         loop {
-            let (stream, peer) = listener.accept().await?;
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    errors.failed(&e).await;
+                    continue;
+                }
+            };
+            errors.accepted();
+            let Ok(permit) = Arc::clone(&handshaking).try_acquire_owned() else {
+                if let Some(suppressed) = refused.open(tokio::time::Instant::now()) {
+                    tracing::warn!(pid = ?peer.pid, uid = ?peer.uid, suppressed,
+                        "{MAX_HANDSHAKING} data connections are in their handshake; closed a new one.");
+                }
+                continue;
+            };
             let hub = Arc::clone(&self);
             tokio::spawn(async move {
-                if let Err(e) = hub.connection(stream, peer).await {
+                if let Err(e) = hub.connection(stream, peer, permit).await {
                     tracing::warn!(pid = ?peer.pid, error = %e, "Data connection ended.");
                 }
             });
         }
     }
 
-    async fn connection(&self, stream: DataStream, peer: PeerIdentity) -> Result<(), IpcError> {
-        let (mut reader, mut writer) = (FrameReader::new(&stream), FrameWriter::new(&stream));
-        handshake(&mut reader, &mut writer, Role::Uplink, Role::Worker).await?;
-        let (source, token) = reader.expect(expect::BIND).await?;
+    /// Hello and Bind within [`HANDSHAKE_TIMEOUT`], in small frames; then the source's batches.
+    async fn connection(
+        &self,
+        stream: DataStream,
+        peer: PeerIdentity,
+        handshaking: OwnedSemaphorePermit,
+    ) -> Result<(), IpcError> {
+        let (mut reader, mut writer) = (
+            FrameReader::unauthenticated(&stream),
+            FrameWriter::new(&stream),
+        );
+        let bind = async {
+            handshake(&mut reader, &mut writer, Role::Uplink, Role::Worker).await?;
+            reader.expect(expect::BIND).await
+        };
+        let bound = tokio::time::timeout(HANDSHAKE_TIMEOUT, bind)
+            .await
+            .unwrap_or_else(|_| {
+                Err(IpcError::Handshake(format!(
+                    "no Hello and Bind within {HANDSHAKE_TIMEOUT:?}"
+                )))
+            });
+        let (source, token) = match bound {
+            Ok(bound) => bound,
+            Err(e) => {
+                if let Some(suppressed) = lock(&self.unbound_log).open(tokio::time::Instant::now())
+                {
+                    tracing::warn!(pid = ?peer.pid, uid = ?peer.uid, error = %e, suppressed,
+                        "Dropped a data connection before it bound a source.");
+                }
+                return Ok(());
+            }
+        };
         let table = match self.authorise(&source, &token, peer) {
             Ok(table) => table,
             Err(reason) => {
-                tracing::error!(source = %source, pid = ?peer.pid, uid = ?peer.uid, reason = %reason, "Refused a data connection.");
-                writer
-                    .send(&Message::Refused {
-                        reason: reason.clone(),
-                    })
-                    .await?;
-                return Err(IpcError::Refused(reason));
+                if let Some(suppressed) = lock(&self.refused_log).open(tokio::time::Instant::now())
+                {
+                    tracing::error!(source = %source, pid = ?peer.pid, uid = ?peer.uid, reason = %reason, suppressed, "Refused a data connection.");
+                }
+                let _ = writer.send(&Message::Refused { reason }).await;
+                return Ok(());
             }
         };
+        reader.authenticated();
+        drop(handshaking);
         let generation = self.supersede(&source);
         let last_durable_seq = self.barrier(&source, generation).await?;
         writer.send(&Message::Welcome { last_durable_seq }).await?;
         tracing::info!(source = %source, pid = ?peer.pid, ?last_durable_seq, "Worker connected.");
 
         // Acks go out in commit order from their own task, so reading never waits for a commit.
-        let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<PendingAck>();
+        let (ack_tx, mut ack_rx) = channel::channel::<PendingAck>(MAX_PENDING_BATCHES);
         let stats = &self.stats;
         let acker = async move {
             while let Some((up_to_seq, received, done)) = ack_rx.recv().await {
@@ -196,7 +258,7 @@ impl Hub {
         source: &str,
         table: Table,
         generation: u64,
-        acks: &tokio::sync::mpsc::UnboundedSender<PendingAck>,
+        acks: &channel::Sender<PendingAck>,
     ) -> Result<(), IpcError> {
         let mut last_seq: Option<u64> = None;
         while let Some(records) = reader.next(expect::BATCH).await? {
@@ -217,7 +279,7 @@ impl Hub {
                     done,
                 ),
             )?;
-            if acks.send((up_to_seq, received, ack)).is_err() {
+            if acks.send((up_to_seq, received, ack)).await.is_err() {
                 return Ok(());
             }
         }

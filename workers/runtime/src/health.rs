@@ -10,32 +10,6 @@ use std::{
 };
 
 use iot_connector_proto::WorkerReport;
-use tokio::time::{Duration, Instant};
-
-/// How often a log line caused by field data (a bad payload, an exception answer, an oversize
-/// value) may be written per kind; the rest are counted and reported with the next line.
-pub const LOG_EVERY: Duration = Duration::from_secs(60);
-
-/// Lets one log line through per [`LOG_EVERY`] and counts the rest, so that a device or
-/// broker sending the same bad data many times a second cannot flood the journal.
-#[derive(Debug, Default)]
-pub struct LogGate {
-    next: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogGate {
-    /// `Some(lines suppressed since the last one)` when a line may be written now.
-    pub fn open(&mut self, now: Instant) -> Option<u64> {
-        if self.next.is_some_and(|next| now < next) {
-            self.suppressed += 1;
-            return None;
-        }
-        self.next = Some(now + LOG_EVERY);
-        Some(std::mem::take(&mut self.suppressed))
-    }
-}
-
 /// The worker's counters and state.
 #[derive(Debug, Default)]
 pub struct Health {

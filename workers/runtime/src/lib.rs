@@ -18,8 +18,8 @@ mod uplink;
 mod window;
 
 pub use control::HEARTBEAT_INTERVAL;
-pub use health::{Health, LogGate, health};
-pub use iot_connector_ipc::Backoff;
+pub use health::{Health, health};
+pub use iot_connector_ipc::{Backoff, LogGate};
 pub use iot_connector_proto::now_us;
 pub use skeleton::{Context, FLUSH_ON_STOP, Failure, InvalidSource, Worker, WorkerError, main};
 pub use uplink::{Sink, SinkOptions, WindowFull};
