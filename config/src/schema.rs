@@ -73,16 +73,25 @@ pub struct Http {
     /// Address of `GET /health` and `GET /metrics`; loopback unless a scraper needs more.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// How long a source may be without a connection (never connected yet, or lost) before
+    /// `/health` says `degraded` with its reason.
+    #[serde(default = "default_degraded_after")]
+    pub degraded_after: Span,
 }
 
 fn default_listen() -> String {
     "127.0.0.1:8081".into()
 }
 
+fn default_degraded_after() -> Span {
+    Span(std::time::Duration::from_secs(60))
+}
+
 impl Default for Http {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            degraded_after: default_degraded_after(),
         }
     }
 }
@@ -175,38 +184,52 @@ impl From<ByteSize> for u64 {
     }
 }
 
+/// `"<digits><unit>"` scaled by the factor `units` gives the unit. `kind` and `example` name
+/// the form in errors: a `size` like `"10GiB"`.
+fn scaled(text: &str, kind: &str, example: &str, units: &[(&str, u64)]) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a {kind} like {example}"))?;
+    let unit = unit.trim();
+    let Some((_, factor)) = units.iter().find(|(name, _)| *name == unit) else {
+        let names: Vec<&str> = units
+            .iter()
+            .map(|(name, _)| *name)
+            .filter(|name| !name.is_empty())
+            .collect();
+        let (last, rest) = names.split_last().unwrap_or((&"", &[]));
+        return Err(format!(
+            "unknown {kind} unit {unit:?}: use {} or {last}",
+            rest.join(", ")
+        ));
+    };
+    number
+        .checked_mul(*factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 impl std::str::FromStr for ByteSize {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let number: u64 = number
-            .parse()
-            .map_err(|_| format!("{text:?} is not a size like \"10GiB\""))?;
-        let factor: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "KB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            "TB" => 1_000_000_000_000,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            "TiB" => 1 << 40,
-            other => {
-                return Err(format!(
-                    "unknown size unit {other:?}: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
-                ));
-            }
-        };
-        number
-            .checked_mul(factor)
-            .map(ByteSize)
-            .ok_or_else(|| format!("{text:?} is too large"))
+        const UNITS: &[(&str, u64)] = &[
+            ("", 1),
+            ("B", 1),
+            ("KB", 1_000),
+            ("MB", 1_000_000),
+            ("GB", 1_000_000_000),
+            ("TB", 1_000_000_000_000),
+            ("KiB", 1 << 10),
+            ("MiB", 1 << 20),
+            ("GiB", 1 << 30),
+            ("TiB", 1 << 40),
+        ];
+        scaled(text, "size", "\"10GiB\"", UNITS).map(ByteSize)
     }
 }
 
@@ -233,6 +256,48 @@ impl<'de> Deserialize<'de> for ByteSize {
             }
         }
         deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// A length of time, written `"<n><unit>"` with `ms`, `s`, `m`, `h` or `d` (`"60s"`, `"24h"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct Span(pub std::time::Duration);
+
+impl From<Span> for String {
+    fn from(span: Span) -> Self {
+        format!("{}ms", span.0.as_millis())
+    }
+}
+
+impl std::str::FromStr for Span {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        const UNITS: &[(&str, u64)] = &[
+            ("ms", 1),
+            ("s", 1_000),
+            ("m", 60_000),
+            ("h", 3_600_000),
+            ("d", 86_400_000),
+        ];
+        scaled(text, "time", "\"60s\"", UNITS).map(|ms| Span(std::time::Duration::from_millis(ms)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Span;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a length of time like \"60s\", \"5m\" or \"24h\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Span, E> {
+                text.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Visitor)
     }
 }
 

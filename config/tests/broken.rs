@@ -300,6 +300,25 @@ fn a_bad_byte_size_names_the_units() {
 }
 
 #[test]
+fn a_bad_length_of_time_names_the_units() {
+    assert_problems(
+        &edit(&[(3, "[http]\ndegraded_after = \"1y\"")]),
+        &[(
+            4,
+            &[
+                "[http] degraded_after",
+                "unknown time unit \"y\"",
+                "ms, s, m, h or d",
+            ],
+        )],
+    );
+    assert_problems(
+        &edit(&[(3, "[http]\ndegraded_after = 60")]),
+        &[(4, &["[http] degraded_after", "like \"60s\""])],
+    );
+}
+
+#[test]
 fn a_modbus_string_without_length_asks_for_it() {
     assert_problems(
         &edit(&[(

@@ -48,6 +48,8 @@ pub struct Entry {
     pub report: Option<ChildReport>,
     /// When that heartbeat came.
     pub heartbeat_at: Option<Instant>,
+    /// Since when it has not been connected (never yet, or lost); `None` while connected.
+    pub disconnected_since: Option<Instant>,
 }
 
 impl Entry {
@@ -86,15 +88,48 @@ impl Entry {
     pub fn records_read(&self) -> u64 {
         self.worker().map_or(0, |w| w.records_read)
     }
+
+    /// How long it has been without a connection, unless the operator stopped it.
+    pub fn not_connected_for(&self) -> Option<Duration> {
+        (self.phase != Phase::Stopped)
+            .then_some(self.disconnected_since)
+            .flatten()
+            .map(|since| since.elapsed())
+    }
+
+    fn track_connection(&mut self) {
+        if self.state() == SourceState::Connected {
+            self.disconnected_since = None;
+        } else {
+            self.disconnected_since.get_or_insert_with(Instant::now);
+        }
+    }
 }
 
 /// Every process, by name; the uplink under [`UPLINK`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Board {
     inner: Arc<Mutex<BTreeMap<String, Entry>>>,
+    /// `[http] degraded_after`: how long a source may be without a connection before it makes
+    /// the connector `degraded`.
+    pub degraded_after: Duration,
+}
+
+impl Default for Board {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(60))
+    }
 }
 
 impl Board {
+    /// An empty board.
+    pub fn new(degraded_after: Duration) -> Self {
+        Self {
+            inner: Arc::default(),
+            degraded_after,
+        }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<String, Entry>) -> T) -> T {
         let mut map = self
             .inner
@@ -115,6 +150,7 @@ impl Board {
                     last_exit: None,
                     report: None,
                     heartbeat_at: None,
+                    disconnected_since: Some(Instant::now()),
                 })
                 .protocol = protocol.to_owned();
         });
@@ -130,6 +166,7 @@ impl Board {
         self.with(|m| {
             if let Some(entry) = m.get_mut(name) {
                 f(entry);
+                entry.track_connection();
             }
         });
     }

@@ -1,6 +1,7 @@
-//! `GET /health`, as the README promises it to load balancers: 200 while the supervisor and the uplink run
-//! and the spool accepts writes (`degraded` when a source failed: one bad PLC must not take the
-//! host out of a load balancer), 503 otherwise.
+//! `GET /health`, as the README promises it to load balancers: 200 while the supervisor and the
+//! uplink run and the spool accepts writes, 503 otherwise. `degraded` (still 200) when a source
+//! failed or has been without a connection for longer than `[http] degraded_after`: one bad PLC
+//! must not take the host out of a load balancer, and must not hide either.
 
 use iot_connector_proto::SourceState;
 use serde_json::{Value, json};
@@ -19,20 +20,28 @@ pub fn health(board: &Board) -> (u16, Value) {
         .iter()
         .filter(|(name, _)| name.as_str() != UPLINK)
         .map(|(name, e)| {
+            let not_connected = e.not_connected_for().map(|d| d.as_secs());
+            let last_error = e.last_error().or_else(|| {
+                not_connected.map(|s| format!("not connected for {s} s, no error reported yet"))
+            });
             json!({
                 "name": name,
                 "protocol": e.protocol,
                 "state": e.state().as_str(),
                 "restarts": e.restarts,
                 "records_read": e.records_read(),
-                "last_error": e.last_error(),
+                "last_error": last_error,
+                "not_connected_seconds": not_connected,
             })
         })
         .collect();
-    let failed = snapshot.iter().any(|(name, e)| {
-        name != UPLINK && matches!(e.phase, Phase::Failed | Phase::WaitingForConfigChange)
+    let troubled = snapshot.iter().any(|(name, e)| {
+        name != UPLINK
+            && (matches!(e.phase, Phase::Failed | Phase::WaitingForConfigChange)
+                || e.not_connected_for()
+                    .is_some_and(|d| d > board.degraded_after))
     });
-    let status = match (accepting, failed) {
+    let status = match (accepting, troubled) {
         (false, _) => "unhealthy",
         (true, true) => "degraded",
         (true, false) => "healthy",

@@ -204,7 +204,7 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), MainError> 
             .and_then(|exe| exe.parent().map(Path::to_path_buf))
             .unwrap_or_default(),
     };
-    let board = Board::default();
+    let board = Board::new(loaded.config.http.degraded_after.0);
     let (grant_tx, grant_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         board: board.clone(),

@@ -91,6 +91,50 @@ async fn a_crash_looping_worker_is_failed_and_health_is_degraded_not_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_never_connects_degrades_health_after_the_grace_period() {
+    // The real Modbus worker, polling a port nothing listens on.
+    let dir = tempfile::tempdir().unwrap();
+    let bins = dir.path().join("bin");
+    std::fs::create_dir_all(&bins).unwrap();
+    for binary in ["iot-connector-uplink", "iot-connector-modbus"] {
+        std::os::unix::fs::symlink(bin(binary), bins.join(binary)).unwrap();
+    }
+    let http = format!("127.0.0.1:{}", iot_connector_tests::free_port());
+    let sources = format!(
+        "degraded_after = \"10s\"\n\n{}",
+        modbus_source("plc1", iot_connector_tests::free_port())
+    );
+    let config = config_text(dir.path(), &http, &sources);
+    let c = Connector::launch(dir, http, &config);
+    assert!(
+        c.wait_for(Duration::from_secs(30), |c| c.health().1["status"]
+            == "healthy")
+            .await,
+        "healthy within the grace period"
+    );
+    assert!(
+        c.wait_for(Duration::from_secs(30), |c| c.health().1["status"]
+            == "degraded")
+            .await,
+        "never degraded: {}",
+        c.health().1
+    );
+    let (status, health) = c.health();
+    assert_eq!(
+        status, 200,
+        "a source that cannot connect must not take the host down"
+    );
+    let plc1 = iot_connector_tests::connector::source_health(&health, "plc1");
+    assert_eq!(plc1["state"], "connecting");
+    assert!(
+        plc1["not_connected_seconds"].as_u64().unwrap() >= 10,
+        "{plc1}"
+    );
+    let reason = plc1["last_error"].as_str().unwrap_or_default();
+    assert!(!reason.is_empty(), "no reason given: {plc1}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configuration_error_exit_waits_for_a_configuration_change() {
     let sources = format!(
         "{}[[sources]]\nname = \"press\"\nprotocol = \"opcua\"\nendpoint = \"opc.tcp://127.0.0.1:4840\"\n",
