@@ -1,7 +1,7 @@
 //! What each child receives: the uplink its settings, a worker its own source and nothing else.
 
 use iot_connector_proto::{
-    SourceGrant, SpoolPolicy, Table, UplinkSettings, WorkerSettings, ZerobusSettings,
+    SourceGrant, SpoolPolicy, Start, Table, UplinkSettings, WorkerSettings, ZerobusSettings,
 };
 
 use crate::{FullPolicy, Loaded, Protocol, Source, Tables};
@@ -35,7 +35,8 @@ impl From<FullPolicy> for SpoolPolicy {
 impl Loaded {
     /// The uplink's slice: connector id, spool (`<state_dir>/spool`, size, policy, key file or
     /// `None` when `encrypt = false`), the data socket, `[zerobus]` with secrets resolved and
-    /// the CA's PEM text, and the grants of the workers already running.
+    /// the CA's PEM text, and the grants of the workers already running. `start` is
+    /// [`Start::First`]; the supervisor, which knows better, sets it.
     pub fn uplink_settings(&self, grants: Vec<SourceGrant>) -> UplinkSettings {
         let spool = &self.config.spool;
         UplinkSettings {
@@ -56,6 +57,7 @@ impl Loaded {
                 tables: Table::ALL.map(|t| z.tables.of(t).to_owned()),
             }),
             grants,
+            start: Start::First,
         }
     }
 

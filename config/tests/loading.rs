@@ -298,6 +298,7 @@ endpoint = "tcp://plc:502"
         source: "plc".into(),
         table: source.table(),
         token: vec![7; 16],
+        start: iot_connector_proto::Start::First,
     };
     assert_eq!(loaded.uplink_settings(vec![grant.clone()]).grants, [grant]);
 }

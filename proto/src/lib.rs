@@ -11,8 +11,8 @@ pub mod table;
 
 pub use message::{
     ACK_LATENCY_BUCKETS_MS, ChildReport, Message, MessageKind, OperatorCommand, OperatorReply,
-    PROTOCOL_VERSION, ProcessStatus, Role, SourceGrant, SourceState, SpoolPolicy, UplinkReport,
-    UplinkSettings, WorkerReport, WorkerSettings, ZerobusSettings,
+    PROTOCOL_VERSION, ProcessStatus, Role, SourceGrant, SourceState, SpoolPolicy, Start,
+    UplinkReport, UplinkSettings, WorkerReport, WorkerSettings, ZerobusSettings,
 };
 pub use record::{
     Detail, ModbusDetail, MqttDetail, OpcuaDetail, Quality, Record, StatusDetail, StatusEvent,

@@ -7,7 +7,7 @@ use crate::{Record, Table};
 
 /// Bumped on any change to [`Message`] or the types it carries. Every connection starts with a
 /// [`Message::Hello`]; a peer with another version is refused before anything else is read.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Which kind of process is speaking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
@@ -144,6 +144,28 @@ pub struct SourceGrant {
     pub table: Table,
     /// The per-spawn token; a new spawn gets a new token and the old one stops working.
     pub token: Vec<u8>,
+    /// Why this spawn: the uplink writes it to the status table when the grant arrives.
+    pub start: Start,
+}
+
+/// Why the supervisor starts a process, as the status table records it (`started`,
+/// `crashed` and `restarted`, `restarted`, `config_changed`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
+pub enum Start {
+    /// The first start since the supervisor started.
+    #[default]
+    First,
+    /// The previous process ended on its own or was killed for silence.
+    AfterCrash {
+        /// How it ended, in the supervisor's words (`exit status 1`, `silent for 10 s`).
+        why: String,
+        /// When it ended (µs, UTC).
+        at_us: i64,
+    },
+    /// The operator started or restarted it.
+    ByOperator,
+    /// Its configuration changed.
+    ConfigChanged,
 }
 
 /// The uplink's slice of the configuration.
@@ -166,6 +188,8 @@ pub struct UplinkSettings {
     /// The sources already authorised when the uplink (re)starts, so that running workers
     /// reconnect without waiting for [`Message::Grant`]s.
     pub grants: Vec<SourceGrant>,
+    /// Why this uplink process was started.
+    pub start: Start,
 }
 
 /// What the spool does when it reaches `max_bytes`.
@@ -418,7 +442,7 @@ mod tests {
 
     /// Every released protocol version with the number of tables (and so of `Detail` variants a
     /// `Record` can carry) it was released with.
-    const RELEASED: &[(u16, usize)] = &[(2, 4)];
+    const RELEASED: &[(u16, usize)] = &[(2, 4), (3, 4)];
 
     #[test]
     fn a_new_table_comes_with_a_new_protocol_version() {

@@ -200,7 +200,7 @@ pub enum StatusEvent {
     Connected,
     /// A source connection was lost.
     Disconnected,
-    /// A worker was restarted.
+    /// A process was started again (by the operator, or after it ended).
     Restarted,
     /// Data may be missing (session lost, sequence gap).
     Gap,
@@ -208,6 +208,10 @@ pub enum StatusEvent {
     Dropped,
     /// Records were moved to the dead-letter store.
     DeadLettered,
+    /// A process ended on its own (or was killed for silence) and is started again.
+    Crashed,
+    /// A process was started again with its changed configuration.
+    ConfigChanged,
 }
 
 impl StatusEvent {
@@ -221,6 +225,8 @@ impl StatusEvent {
             Self::Gap => "gap",
             Self::Dropped => "dropped",
             Self::DeadLettered => "dead_lettered",
+            Self::Crashed => "crashed",
+            Self::ConfigChanged => "config_changed",
         }
     }
 }

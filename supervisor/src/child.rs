@@ -11,7 +11,7 @@ use std::{
 
 use iot_connector_config::Loaded;
 use iot_connector_ipc::{ExitStatus, FrameReader, FrameWriter, expect, handshake, new_token, os};
-use iot_connector_proto::{ChildReport, Message, Role, SourceGrant};
+use iot_connector_proto::{ChildReport, Message, Role, SourceGrant, Start, UplinkSettings, now_us};
 use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::{
     net::unix::{OwnedReadHalf, OwnedWriteHalf},
@@ -140,6 +140,8 @@ pub async fn supervise(
     let name = kind.name().to_owned();
     let mut policy = RestartPolicy::default();
     let mut mode = Mode::Run;
+    // Why the next process starts, for the status table.
+    let mut start = Start::First;
     loop {
         let idle_phase = match mode {
             Mode::Run => None,
@@ -152,10 +154,14 @@ pub async fn supervise(
                 e.pid = None;
             });
             match commands.recv().await {
-                Some(ChildCommand::Start | ChildCommand::Restart) => mode = Mode::Run,
+                Some(ChildCommand::Start | ChildCommand::Restart) => {
+                    mode = Mode::Run;
+                    start = Start::ByOperator;
+                }
                 Some(ChildCommand::Replace(new)) => {
                     loaded = new;
                     mode = Mode::Run;
+                    start = Start::ConfigChanged;
                 }
                 Some(ChildCommand::Stop) => mode = Mode::Stopped,
                 Some(ChildCommand::Shutdown(_, done)) => {
@@ -168,7 +174,15 @@ pub async fn supervise(
             continue;
         }
         let started = Instant::now();
-        let ended = run_once(&kind, &loaded, &shared, &mut commands, grants.as_mut()).await;
+        let ended = run_once(
+            &kind,
+            &loaded,
+            &shared,
+            &start,
+            &mut commands,
+            grants.as_mut(),
+        )
+        .await;
         let restarting = |e: &mut crate::board::Entry, why: String| {
             e.restarts += 1;
             e.last_exit = Some(why);
@@ -186,6 +200,7 @@ pub async fn supervise(
                     .board
                     .update(&name, |e| restarting(e, "restarted by the operator".into()));
                 policy.reset();
+                start = Start::ByOperator;
             }
             Ended::Commanded(ChildCommand::Replace(new)) => {
                 tracing::info!(source = %name, "Restarting with the changed configuration.");
@@ -194,6 +209,7 @@ pub async fn supervise(
                     .update(&name, |e| restarting(e, "configuration changed".into()));
                 loaded = new;
                 policy.reset();
+                start = Start::ConfigChanged;
             }
             Ended::Commanded(ChildCommand::Shutdown(_, done)) => {
                 let _ = done.send(());
@@ -211,6 +227,10 @@ pub async fn supervise(
                 let failed = policy.failed(now);
                 tracing::warn!(source = %name, reason = %why, restart_in_ms = delay.as_millis(), failed,
                     "Process ended; restarting.");
+                start = Start::AfterCrash {
+                    why: why.clone(),
+                    at_us: now_us(),
+                };
                 shared.board.update(&name, |e| {
                     restarting(e, why);
                     e.phase = if failed {
@@ -224,8 +244,15 @@ pub async fn supervise(
                     () = tokio::time::sleep(delay) => {}
                     command = commands.recv() => match command {
                         Some(ChildCommand::Stop) => mode = Mode::Stopped,
-                        Some(ChildCommand::Replace(new)) => { loaded = new; policy.reset(); }
-                        Some(ChildCommand::Start | ChildCommand::Restart) => policy.reset(),
+                        Some(ChildCommand::Replace(new)) => {
+                            loaded = new;
+                            policy.reset();
+                            start = Start::ConfigChanged;
+                        }
+                        Some(ChildCommand::Start | ChildCommand::Restart) => {
+                            policy.reset();
+                            start = Start::ByOperator;
+                        }
                         Some(ChildCommand::Shutdown(_, done)) => { let _ = done.send(()); return; }
                         None => return,
                     },
@@ -239,14 +266,16 @@ async fn run_once(
     kind: &Kind,
     loaded: &Arc<Loaded>,
     shared: &Arc<Shared>,
+    start: &Start,
     commands: &mut mpsc::UnboundedReceiver<ChildCommand>,
     grants: Option<&mut mpsc::UnboundedReceiver<SourceGrant>>,
 ) -> Ended {
     let name = kind.name().to_owned();
     let configure = match kind {
-        Kind::Uplink => {
-            Message::ConfigureUplink(Box::new(loaded.uplink_settings(shared.current_grants())))
-        }
+        Kind::Uplink => Message::ConfigureUplink(Box::new(UplinkSettings {
+            start: start.clone(),
+            ..loaded.uplink_settings(shared.current_grants())
+        })),
         Kind::Worker(source_name) => {
             let Some(source) = loaded.source(source_name) else {
                 return Ended::Exited(
@@ -259,6 +288,7 @@ async fn run_once(
                 source: source_name.clone(),
                 table: source.table(),
                 token: token.clone(),
+                start: start.clone(),
             });
             Message::ConfigureWorker(loaded.worker_settings(source, token))
         }

@@ -210,6 +210,7 @@ impl Uplink {
             source: source.to_owned(),
             table,
             token: token.clone(),
+            start: iot_connector_proto::Start::First,
         };
         self.process
             .writer
@@ -317,6 +318,7 @@ pub fn uplink_settings(dir: &Path) -> UplinkSettings {
         key_file: Some(dir.join("keys/spool.key").display().to_string()),
         zerobus: None,
         grants: Vec::new(),
+        start: iot_connector_proto::Start::First,
     }
 }
 

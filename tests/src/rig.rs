@@ -26,11 +26,16 @@ use crate::{
 /// polling interval.
 const POLL: Duration = Duration::from_millis(10);
 
-/// The `event` column of each status row, in order.
+/// The events the uplink writes about process starts; the worker's own events are the rest.
+pub const START_EVENTS: [&str; 4] = ["started", "crashed", "restarted", "config_changed"];
+
+/// The `event` column of each status row the worker wrote itself (not a process start), in
+/// order.
 pub fn event_names(status: &[Json]) -> Vec<String> {
     status
         .iter()
         .map(|r| r["event"].as_str().unwrap_or_default().to_owned())
+        .filter(|event| !START_EVENTS.contains(&event.as_str()))
         .collect()
 }
 
@@ -228,6 +233,15 @@ impl Rig {
         self.rows(Table::Status, source)
     }
 
+    /// The status rows `source`'s worker wrote itself (not the process starts), in arrival
+    /// order.
+    pub fn worker_status(&self, source: &str) -> Vec<Json> {
+        self.status(source)
+            .into_iter()
+            .filter(|r| !START_EVENTS.iter().any(|event| r["event"] == *event))
+            .collect()
+    }
+
     /// The status rows of `source` reporting `event` (`connected`, `gap`, ...).
     pub fn events(&self, source: &str, event: &str) -> Vec<Json> {
         self.status(source)
@@ -297,12 +311,12 @@ impl Rig {
         status
     }
 
-    /// The events of `source` once it has at least `n` status rows (the status table is its
-    /// own stream: its rows may arrive after later data rows).
+    /// The events of `source` ([`event_names`]) once it wrote at least `n` (the status table
+    /// is its own stream: its rows may arrive after later data rows).
     pub async fn wait_events(&self, source: &str, n: usize, timeout: Duration) -> Vec<String> {
-        let what = format!("{n} status rows");
+        let what = format!("{n} status rows of the worker's own");
         let status = self
-            .wait_status(source, &what, timeout, |rows| rows.len() >= n)
+            .wait_status(source, &what, timeout, |rows| event_names(rows).len() >= n)
             .await;
         event_names(&status)
     }

@@ -29,6 +29,15 @@ fn expected_ids(source: &str, count: u64) -> HashSet<String> {
         .collect()
 }
 
+/// The status rows about dead letters (the table also holds the processes' start rows).
+fn dead_lettered(state: &iot_connector_sim_zerobus::SimState) -> Vec<serde_json::Value> {
+    state
+        .rows(TABLES[3])
+        .into_iter()
+        .filter(|r| r["event"] == "dead_lettered")
+        .collect()
+}
+
 fn spool_file_len(dir: &Path) -> u64 {
     std::fs::metadata(dir.join("spool/spool.redb"))
         .map(|m| m.len())
@@ -160,14 +169,13 @@ async fn a_poison_record_is_dead_lettered_and_every_other_record_lands() {
     expected.remove(&poison);
     let ids = wait_for_ids(&state, MQTT, &expected, Duration::from_secs(90)).await;
     assert_eq!(ids, expected, "every record but the poisoned one");
-    let status = TABLES[3];
     assert!(
         state
-            .wait_until(Duration::from_secs(30), |s| !s.rows(status).is_empty())
+            .wait_until(Duration::from_secs(30), |s| !dead_lettered(s).is_empty())
             .await,
         "no status row about the dead letter"
     );
-    let row = state.rows(status).into_iter().next().unwrap();
+    let row = dead_lettered(&state).into_iter().next().unwrap();
     assert_eq!(row["event"], "dead_lettered");
     assert_eq!(row["count"], 1);
     assert_eq!(row["source_name"], "_uplink");
@@ -227,21 +235,20 @@ async fn a_row_damaged_on_disk_is_dead_lettered_and_its_table_keeps_flowing() {
     rig.zerobus().faults().update(|f| f.down = false);
     rig.uplink.kill_and_restart().await.unwrap();
     let state = rig.zerobus().state().clone();
-    let status = TABLES[3];
     assert!(
         state
             .wait_until(Duration::from_secs(60), |s| s.row_count(MQTT) >= 2_999
-                && !s.rows(status).is_empty())
+                && !dead_lettered(s).is_empty())
             .await,
-        "{} rows and {} status rows arrived",
+        "{} rows and {} dead-letter rows arrived",
         state.row_count(MQTT),
-        state.rows(status).len()
+        dead_lettered(&state).len()
     );
     let ids: HashSet<String> = state.record_ids(MQTT).into_iter().collect();
     let expected = expected_ids("line1", 3_000);
     assert!(ids.is_subset(&expected));
     assert_eq!(ids.len(), 2_999, "every row but the damaged one");
-    let row = state.rows(status).into_iter().next().unwrap();
+    let row = dead_lettered(&state).into_iter().next().unwrap();
     assert_eq!(row["event"], "dead_lettered");
     assert_eq!(row["count"], 1);
     assert!(

@@ -981,7 +981,7 @@ async fn a_device_that_vanishes_for_10_s_is_reconnected_with_backoff_and_others_
                 == ["connected", "disconnected", "connected"]
         })
         .await;
-    let status = rig.status("flaky");
+    let status = rig.worker_status("flaky");
     assert!(reconnected, "flaky status rows: {status:?}");
     // The reconnect came after the device was back, paced by the backoff: a handful of
     // attempts over 10 s (0.2, 0.4, 0.8, … s), not a tight loop.

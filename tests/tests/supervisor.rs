@@ -490,6 +490,79 @@ fn check_accepts_every_example_and_names_the_line_of_each_problem() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_crashes_and_restarts_reach_the_status_table() {
+    let zerobus = iot_connector_sim_zerobus::start(Default::default())
+        .await
+        .unwrap();
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    zerobus.write_ca_pem(ca.path()).unwrap();
+    let tables = iot_connector_tests::TABLES;
+    let sources = format!(
+        "[zerobus]\nendpoint = \"{}\"\nworkspace_url = \"{}\"\nclient_id = \"id\"\nclient_secret = \"secret\"\n\
+         ca_file = {:?}\ntables = {{ opcua = \"{}\", mqtt = \"{}\", modbus = \"{}\", status = \"{}\" }}\n\n{}{}",
+        zerobus.grpc_url(),
+        zerobus.oauth_url(),
+        ca.path().display().to_string(),
+        tables[0],
+        tables[1],
+        tables[2],
+        tables[3],
+        modbus_source("plc1", 1502),
+        modbus_source("plc2", 1503)
+    );
+    let c = Connector::start(&sources).await;
+    let state = zerobus.state().clone();
+    let events = |source: &str| -> Vec<(String, String)> {
+        state
+            .rows(tables[3])
+            .iter()
+            .filter(|r| r["source_name"] == source)
+            .map(|r| {
+                (
+                    r["event"].as_str().unwrap_or_default().to_owned(),
+                    r["detail"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let has = |source: &str, event: &str| events(source).iter().any(|(e, _)| e == event);
+    assert!(
+        wait_until(Duration::from_secs(30), || has("plc1", "started")
+            && has("plc2", "started")
+            && has("_uplink", "started"))
+        .await,
+        "started rows: plc1 {:?}, _uplink {:?}",
+        events("plc1"),
+        events("_uplink")
+    );
+
+    let pid = c.pid("plc1").unwrap();
+    kill(pid, Signal::SIGKILL);
+    assert!(
+        wait_until(Duration::from_secs(30), || has("plc1", "crashed")
+            && has("plc1", "restarted"))
+        .await,
+        "plc1 after kill -9: {:?}",
+        events("plc1")
+    );
+    let plc1 = events("plc1");
+    let crashed = plc1.iter().find(|(e, _)| e == "crashed").unwrap();
+    assert!(crashed.1.contains("killed by a signal"), "{crashed:?}");
+
+    let (code, out) = c.command(&["restart", "plc2"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        wait_until(Duration::from_secs(30), || events("plc2")
+            .iter()
+            .any(|(e, d)| e == "restarted" && d.contains("operator")))
+        .await,
+        "plc2 after an operator restart: {:?}",
+        events("plc2")
+    );
+    assert!(!has("plc2", "crashed"), "{:?}", events("plc2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_records_survive_a_killed_and_a_stopped_supervisor() {
     let zerobus = iot_connector_sim_zerobus::start(Default::default())
         .await

@@ -26,12 +26,55 @@ pub fn status_row(
     detail: String,
     count: u64,
 ) -> Vec<u8> {
-    use iot_connector_proto::{Detail, Quality, Record, StatusDetail, Value};
     let now = iot_connector_proto::now_us();
+    row_about(connector_id, UPLINK_SOURCE, now, event, detail, count)
+}
+
+/// The status rows of one process start, about `source` (a worker's source, or the uplink):
+/// `started`; `crashed` (at the time the previous process ended) and `restarted`; `restarted`
+/// by the operator; or `config_changed`.
+pub fn start_rows(
+    connector_id: &str,
+    source: &str,
+    start: &iot_connector_proto::Start,
+) -> Vec<Vec<u8>> {
+    use iot_connector_proto::{Start, StatusEvent};
+    let now = iot_connector_proto::now_us();
+    let row =
+        |at, event, detail: &str| row_about(connector_id, source, at, event, detail.to_owned(), 0);
+    match start {
+        Start::First => vec![row(now, StatusEvent::Started, "started")],
+        Start::AfterCrash { why, at_us } => vec![
+            row(*at_us, StatusEvent::Crashed, why),
+            row(
+                now,
+                StatusEvent::Restarted,
+                &format!("started again after: {why}"),
+            ),
+        ],
+        Start::ByOperator => vec![row(now, StatusEvent::Restarted, "started by the operator")],
+        Start::ConfigChanged => vec![row(
+            now,
+            StatusEvent::ConfigChanged,
+            "started again with the changed configuration",
+        )],
+    }
+}
+
+fn row_about(
+    connector_id: &str,
+    source: &str,
+    at_us: i64,
+    event: iot_connector_proto::StatusEvent,
+    detail: String,
+    count: u64,
+) -> Vec<u8> {
+    use iot_connector_proto::{Detail, Quality, Record, StatusDetail, Value};
     let record = Record {
+        // The status table has no record_id: the number is not used.
         seq: 0,
-        event_time_us: now,
-        ingest_time_us: now,
+        event_time_us: at_us,
+        ingest_time_us: iot_connector_proto::now_us(),
         quality: Quality::Good,
         value: Value::Null,
         detail: Detail::Status(StatusDetail {
@@ -40,5 +83,5 @@ pub fn status_row(
             count,
         }),
     };
-    iot_connector_proto::table::encode_row(connector_id, UPLINK_SOURCE, &record).1
+    iot_connector_proto::table::encode_row(connector_id, source, &record).1
 }

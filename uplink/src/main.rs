@@ -76,12 +76,14 @@ async fn serve() -> Result<(), UplinkError> {
     handshake(&mut reader, &mut writer, Role::Uplink, Role::Supervisor).await?;
     let settings = reader.expect(expect::UPLINK_CONFIG).await?;
     let (hub, listener, shared) = start(&settings)?;
+    hub.started(iot_connector_uplink::UPLINK_SOURCE, &settings.start);
     writer.send(&Message::Ready).await?;
     tokio::spawn(heartbeats(writer, Arc::clone(&shared)));
     tokio::spawn(Arc::clone(&hub).serve(listener));
     let control = async {
         // Until the supervisor is gone: then stop; the spool keeps what is not forwarded yet.
         while let Some(grant) = reader.next(expect::UPLINK_CONTROL).await? {
+            hub.started(&grant.source, &grant.start);
             hub.grant(grant);
         }
         Ok(())

@@ -10,7 +10,9 @@ use iot_connector_ipc::{
     AcceptErrors, DataListener, DataStream, FrameReader, FrameWriter, HANDSHAKE_TIMEOUT, IpcError,
     LogGate, PeerIdentity, expect, handshake, tokens_match,
 };
-use iot_connector_proto::{Detail, Message, Record, Role, SourceGrant, Table, table::encode_row};
+use iot_connector_proto::{
+    Detail, Message, Record, Role, SourceGrant, Start, Table, table::encode_row,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc as channel, oneshot};
 
 use crate::{spool::Incoming, stats::Stats, writer::WriterRequest};
@@ -75,6 +77,18 @@ impl Hub {
     /// Authorises (or re-authorises, with a new token) a source.
     pub fn grant(&self, grant: SourceGrant) {
         lock(&self.grants).insert(grant.source.clone(), grant);
+    }
+
+    /// Writes the status rows of a process start (a grant's, or the uplink's own).
+    pub fn started(&self, source: &str, start: &Start) {
+        let rows = crate::start_rows(&self.connector_id, source, start);
+        if lock(&self.routes)
+            .writer
+            .send(WriterRequest::Status(rows))
+            .is_err()
+        {
+            tracing::warn!(source = %source, "The spool writer is gone; a start was not recorded.");
+        }
     }
 
     /// Accepts connections for the life of the process: a failing `accept` pauses the loop,

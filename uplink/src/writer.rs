@@ -8,10 +8,11 @@ use std::{
     time::Duration,
 };
 
-use iot_connector_proto::{SpoolPolicy, StatusEvent};
+use iot_connector_proto::{SpoolPolicy, StatusEvent, Table};
 use tokio::sync::{Notify, oneshot};
 
 use crate::{
+    UPLINK_SOURCE,
     spool::{Incoming, Spool},
     stats::Stats,
 };
@@ -29,6 +30,8 @@ pub enum WriterRequest {
     /// Reply with the source's last durable sequence number once everything queued earlier is
     /// committed.
     Barrier(String, oneshot::Sender<Result<Option<u64>, String>>),
+    /// Store status rows the uplink writes itself (process starts), in order with the rest.
+    Status(Vec<Vec<u8>>),
 }
 
 /// Runs the writer until every sender is gone. `committed` is notified after each commit.
@@ -44,17 +47,35 @@ pub fn run(
         let detail = format!("spool full: policy {policy:?} dropped {count} records");
         crate::status_row(&connector_id, StatusEvent::Dropped, detail, count)
     };
+    // The uplink's own rows go in as a batch of its own "source", numbered after the last one
+    // stored, so that the spool's re-send check never mistakes them for duplicates.
+    let mut own_seq = spool.last_seq(UPLINK_SOURCE).ok().flatten().unwrap_or(0);
+    let mut own = |request| match request {
+        WriterRequest::Status(rows) => {
+            let rows = rows
+                .into_iter()
+                .map(|row| {
+                    own_seq += 1;
+                    (own_seq, Table::Status, row)
+                })
+                .collect();
+            let source = UPLINK_SOURCE.to_owned();
+            // Nobody waits for this commit.
+            WriterRequest::Append(Incoming { source, rows }, oneshot::channel().0)
+        }
+        other => other,
+    };
     let mut pending: VecDeque<WriterRequest> = VecDeque::new();
     loop {
         if pending.is_empty() {
             match requests.recv() {
-                Ok(request) => pending.push_back(request),
+                Ok(request) => pending.push_back(own(request)),
                 Err(_) => return,
             }
         }
         while pending.len() < MAX_GROUP {
             match requests.try_recv() {
-                Ok(request) => pending.push_back(request),
+                Ok(request) => pending.push_back(own(request)),
                 Err(_) => break,
             }
         }
@@ -65,7 +86,7 @@ pub fn run(
             // retry the same group, in order, before anything newer.
             std::thread::sleep(BLOCKED_RETRY);
             while let Ok(request) = requests.try_recv() {
-                pending.push_back(request);
+                pending.push_back(own(request));
             }
         }
     }
@@ -88,7 +109,7 @@ fn commit_group(
         .take(appends)
         .filter_map(|r| match r {
             WriterRequest::Append(batch, _) => Some(batch.clone()),
-            WriterRequest::Barrier(..) => None,
+            WriterRequest::Barrier(..) | WriterRequest::Status(_) => None,
         })
         .collect();
     let (committed, failure) = if batches.is_empty() {

@@ -190,6 +190,7 @@ async fn connector(dir: &Path, port: u16, qos: u8) -> (Connector, u64) {
         source: "bench".into(),
         table: Table::Mqtt,
         token: token.clone(),
+        start: iot_connector_proto::Start::First,
     };
     let uplink_settings = UplinkSettings {
         connector_id: "bench".into(),
@@ -200,6 +201,7 @@ async fn connector(dir: &Path, port: u16, qos: u8) -> (Connector, u64) {
         key_file: Some(dir.join("spool.key").display().to_string()),
         zerobus: None,
         grants: vec![grant],
+        start: iot_connector_proto::Start::First,
     };
     // The release binaries: `cargo build --release --workspace` first.
     let uplink = Process::spawn(
