@@ -34,6 +34,8 @@ use crate::{
 const UPLINK_DEADLINE: Duration = Duration::from_secs(10);
 /// How long each worker gets to stop on shutdown.
 const WORKER_DEADLINE: Duration = Duration::from_secs(5);
+/// How long systemd waits for READY at most while the uplink does not start.
+const UPLINK_READY_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The running connector.
 struct Connector {
@@ -42,9 +44,24 @@ struct Connector {
     shared: Arc<Shared>,
     uplink: mpsc::UnboundedSender<ChildCommand>,
     workers: BTreeMap<String, mpsc::UnboundedSender<ChildCommand>>,
+    /// Whether the uplink was ready once and the workers were started.
+    workers_started: bool,
 }
 
 impl Connector {
+    /// Starts every enabled source's worker, once the uplink can take their records.
+    fn start_workers(&mut self) {
+        self.workers_started = true;
+        for name in self
+            .loaded
+            .enabled_sources()
+            .map(|s| s.name().to_owned())
+            .collect::<Vec<_>>()
+        {
+            self.start_worker(&name);
+        }
+    }
+
     fn start_worker(&mut self, name: &str) {
         let Some(source) = self.loaded.source(name) else {
             return;
@@ -85,7 +102,12 @@ impl Connector {
             }
         };
         let old = std::mem::replace(&mut self.loaded, Arc::clone(&new));
-        let wanted: Vec<String> = new.enabled_sources().map(|s| s.name().to_owned()).collect();
+        // Before the uplink was ready no worker runs yet; they start from `self.loaded` then.
+        let wanted: Vec<String> = if self.workers_started {
+            new.enabled_sources().map(|s| s.name().to_owned()).collect()
+        } else {
+            Vec::new()
+        };
         let mut changes = Vec::new();
         for name in self.workers.keys().cloned().collect::<Vec<_>>() {
             if !wanted.contains(&name) {
@@ -240,40 +262,32 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), MainError> 
         uplink_rx,
         Some(grant_rx),
     ));
-    // Workers start once the uplink can take their records.
-    while !board
-        .snapshot()
-        .get(UPLINK)
-        .is_some_and(|e| e.phase == Phase::Running)
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let mut connector = Connector {
         config_path,
         loaded: Arc::clone(&loaded),
         shared,
         uplink: uplink_tx,
         workers: BTreeMap::new(),
+        workers_started: false,
     };
-    for name in loaded
-        .enabled_sources()
-        .map(|s| s.name().to_owned())
-        .collect::<Vec<_>>()
-    {
-        connector.start_worker(&name);
-    }
-
-    let notifier = Notifier::from_env();
-    notifier.send("READY=1");
-    let mut watchdog =
-        tokio::time::interval(Notifier::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
-    let mut status_tick = tokio::time::interval(Duration::from_secs(5));
+    // Signals and operator commands work from here on, whatever the uplink does.
     let signal_error = |source| MainError::Signal { source };
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
     let (command_tx, mut command_rx) = mpsc::unbounded_channel();
     tokio::spawn(serve_control(control, command_tx));
+
+    let notifier = Notifier::from_env();
+    let mut watchdog =
+        tokio::time::interval(Notifier::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
+    let mut status_tick = tokio::time::interval(Duration::from_secs(5));
+    // Workers start once the uplink can take their records; systemd hears READY then, or
+    // after the uplink's start-up deadline with the reason in STATUS, so that a bad uplink
+    // start is visible (`status`, `/health` 503, the log) instead of a start that never ends.
+    let mut uplink_ready = tokio::time::interval(Duration::from_millis(20));
+    let ready_deadline = tokio::time::Instant::now() + UPLINK_READY_DEADLINE;
+    let mut told_ready = false;
     loop {
         tokio::select! {
             _ = terminate.recv() => break,
@@ -287,7 +301,25 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), MainError> 
                 let answer = connector.command(command).await;
                 let _ = reply.send(answer);
             }
-            _ = watchdog.tick() => notifier.send("WATCHDOG=1"),
+            _ = uplink_ready.tick(), if !connector.workers_started => {
+                let running = board.snapshot().get(UPLINK).is_some_and(|e| e.phase == Phase::Running);
+                if running {
+                    connector.start_workers();
+                    notifier.send("READY=1");
+                    told_ready = true;
+                } else if !told_ready && tokio::time::Instant::now() >= ready_deadline {
+                    let why = board.snapshot().get(UPLINK).and_then(|e| e.last_error()).unwrap_or_else(|| "no reason reported".into());
+                    tracing::error!(reason = %why, "The uplink is not ready after {} s; sources wait for it.", UPLINK_READY_DEADLINE.as_secs());
+                    notifier.send("READY=1");
+                    notifier.send(&format!("STATUS=uplink not ready: {why}"));
+                    told_ready = true;
+                }
+            }
+            _ = watchdog.tick() => {
+                if uplink_watched(&board) {
+                    notifier.send("WATCHDOG=1");
+                }
+            }
             _ = status_tick.tick() => notifier.send(&status_line(&board)),
         }
     }
@@ -296,6 +328,17 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), MainError> 
     let _ = std::fs::remove_file(&control_path);
     tracing::info!("Stopped.");
     Ok(())
+}
+
+/// Whether systemd's watchdog may be fed: this loop runs (it is the caller) and the uplink
+/// heartbeats, or waits on purpose for a configuration change or the operator. A wedged or
+/// crash-looping uplink stops the pings, and systemd restarts the connector.
+fn uplink_watched(board: &Board) -> bool {
+    board.uplink().is_some()
+        || board
+            .snapshot()
+            .get(UPLINK)
+            .is_some_and(|e| matches!(e.phase, Phase::WaitingForConfigChange | Phase::Stopped))
 }
 
 fn status_line(board: &Board) -> String {

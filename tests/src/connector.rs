@@ -49,10 +49,11 @@ pub fn config_text(dir: &Path, http: &str, sources: &str) -> String {
     )
 }
 
-fn run_supervisor(config: &Path) -> Child {
+fn run_supervisor(config: &Path, env: &[(&str, String)]) -> Child {
     tokio::process::Command::new(bin("iot-connector"))
         .args(["run", "--config"])
         .arg(config)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -63,6 +64,11 @@ impl Connector {
     /// Stand-in binaries: the real uplink, the test worker as the Modbus worker, `/bin/false`
     /// as the MQTT worker, and an OPC-UA worker that reports a configuration error.
     pub async fn start(sources: &str) -> Self {
+        Self::start_with_env(sources, &[]).await
+    }
+
+    /// [`Connector::start`] with more environment variables for the supervisor.
+    pub async fn start_with_env(sources: &str, env: &[(&str, String)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let bins = dir.path().join("bin");
         std::fs::create_dir_all(&bins).unwrap();
@@ -82,7 +88,7 @@ impl Connector {
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         let http = format!("127.0.0.1:{}", free_port());
         let config = config_text(dir.path(), &http, sources);
-        let connector = Self::launch(dir, http, &config);
+        let connector = Self::launch_with_env(dir, http, &config, env);
         connector.wait_until_healthy().await;
         connector
     }
@@ -90,9 +96,19 @@ impl Connector {
     /// Writes `config` to `dir/config.toml` and runs `iot-connector run` on it, without waiting
     /// for it to be healthy; `http` is the listener that configuration names.
     pub fn launch(dir: tempfile::TempDir, http: String, config: &str) -> Self {
+        Self::launch_with_env(dir, http, config, &[])
+    }
+
+    /// [`Connector::launch`] with more environment variables (`NOTIFY_SOCKET`, say).
+    pub fn launch_with_env(
+        dir: tempfile::TempDir,
+        http: String,
+        config: &str,
+        env: &[(&str, String)],
+    ) -> Self {
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config).unwrap();
-        let process = run_supervisor(&path);
+        let process = run_supervisor(&path, env);
         Self {
             dir,
             config: path,
@@ -103,7 +119,7 @@ impl Connector {
 
     /// Starts the supervisor again on the same directory, after it was killed or stopped.
     pub async fn rerun(&mut self) {
-        self.process = run_supervisor(&self.config);
+        self.process = run_supervisor(&self.config, &[]);
         self.wait_until_healthy().await;
     }
 

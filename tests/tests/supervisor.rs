@@ -135,6 +135,98 @@ async fn a_source_that_never_connects_degrades_health_after_the_grace_period() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uplink_that_never_gets_ready_shows_in_status_and_health_and_signals_still_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let bins = dir.path().join("bin");
+    std::fs::create_dir_all(&bins).unwrap();
+    // An uplink that starts and never says a word.
+    let script = bins.join("iot-connector-uplink");
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink(
+        bin("iot-connector-testworker"),
+        bins.join("iot-connector-modbus"),
+    )
+    .unwrap();
+    let http = format!("127.0.0.1:{}", iot_connector_tests::free_port());
+    let config = config_text(dir.path(), &http, &modbus_source("plc1", 1502));
+    let mut c = Connector::launch(dir, http, &config);
+
+    assert!(
+        c.wait_for(Duration::from_secs(15), |c| c.process("uplink")["state"]
+            == "connecting")
+            .await,
+        "status does not answer while the uplink starts"
+    );
+    assert_eq!(c.get("/health").0, 503);
+    // plc1 waits for the uplink.
+    assert!(c.process("plc1")["pid"].is_null(), "{}", c.process("plc1"));
+
+    let pid = c.process.id().unwrap() as i32;
+    kill(pid, Signal::SIGHUP);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        c.process.try_wait().unwrap().is_none(),
+        "SIGHUP ended the supervisor"
+    );
+    let (code, out) = c.command(&["status"]);
+    assert_eq!(code, 0, "{out}");
+
+    kill(pid, Signal::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(20), c.process.wait())
+        .await
+        .expect("SIGTERM stops a supervisor whose uplink never started")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_systemd_watchdog_is_fed_only_while_the_uplink_heartbeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let env = [
+        ("NOTIFY_SOCKET", notify.display().to_string()),
+        // Pings every 0.5 s.
+        ("WATCHDOG_USEC", "1000000".to_owned()),
+    ];
+    let c = Connector::start_with_env(&modbus_source("plc1", 1502), &env).await;
+    let pings_within = |window: Duration| {
+        let end = Instant::now() + window;
+        let mut pings = 0;
+        let mut buf = [0u8; 512];
+        while Instant::now() < end {
+            if let Ok(n) = socket.recv(&mut buf) {
+                pings += usize::from(&buf[..n] == b"WATCHDOG=1");
+            }
+        }
+        pings
+    };
+    assert!(
+        pings_within(Duration::from_secs(2)) >= 2,
+        "no watchdog pings"
+    );
+
+    let uplink = c.pid("uplink").unwrap();
+    kill(uplink, Signal::SIGSTOP);
+    // Its last heartbeat goes stale after 3 s.
+    let _ = pings_within(Duration::from_secs(4));
+    let while_frozen = pings_within(Duration::from_secs(3));
+    kill(uplink, Signal::SIGCONT);
+    assert_eq!(
+        while_frozen, 0,
+        "the watchdog was fed while the uplink was frozen"
+    );
+    assert!(
+        pings_within(Duration::from_secs(15)) >= 1,
+        "the pings never resumed once the uplink was back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configuration_error_exit_waits_for_a_configuration_change() {
     let sources = format!(
         "{}[[sources]]\nname = \"press\"\nprotocol = \"opcua\"\nendpoint = \"opc.tcp://127.0.0.1:4840\"\n",
