@@ -62,3 +62,37 @@ fn every_protocol_has_its_worker_crate_example_docs_and_end_to_end_test() {
         missing.join("\n")
     );
 }
+
+#[test]
+fn the_image_ships_every_binary_the_supervisor_starts() {
+    // The Dockerfile builds the workspace's default members and copies every `iot-connector*`
+    // executable: the default members must hold the supervisor, the uplink and every worker.
+    let dockerfile = read("Dockerfile");
+    assert!(
+        dockerfile.contains("cargo build --release --locked \\")
+            && !dockerfile.contains("-p iot-connector-")
+            && dockerfile.contains("-name 'iot-connector*'"),
+        "the Dockerfile must build the default members and copy every iot-connector* binary"
+    );
+    let manifest: toml::Table = toml::from_str(&read("Cargo.toml")).unwrap();
+    let defaults: Vec<&str> = manifest["workspace"]["default-members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m.as_str())
+        .collect();
+    for needed in ["supervisor", "uplink", "workers/*"] {
+        assert!(
+            defaults.contains(&needed),
+            "default-members lacks {needed:?}: {defaults:?}"
+        );
+    }
+    for protocol in Protocol::ALL {
+        let folder = repo().join("workers").join(protocol.key());
+        assert!(
+            folder.join("Cargo.toml").is_file(),
+            "{} has no crate under workers/",
+            protocol.binary()
+        );
+    }
+}
