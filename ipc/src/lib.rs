@@ -18,7 +18,7 @@ pub mod os;
 mod phase;
 mod socket;
 
-pub use accept::AcceptErrors;
+pub use accept::Admission;
 pub use backoff::Backoff;
 pub use exit::ExitStatus;
 pub use frame::{

@@ -1,13 +1,13 @@
 //! The health and metrics listener: hyper, HTTP/1.1, GET only, small header limit, timeouts and a
 //! bound on concurrent connections, so that a scanner or a stuck load balancer cannot tie it up.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, header, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use iot_connector_ipc::AcceptErrors;
-use tokio::{net::TcpListener, sync::Semaphore};
+use iot_connector_ipc::Admission;
+use tokio::net::TcpListener;
 
 use crate::{board::Board, health, metrics};
 
@@ -59,21 +59,9 @@ pub fn route<B>(board: &Board, request: &Request<B>) -> Response<Full<Bytes>> {
 
 /// Serves until the process ends.
 pub async fn serve(listener: TcpListener, board: Board) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut errors = AcceptErrors::new("http");
+    let mut admission = Admission::new("http", MAX_CONNECTIONS);
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                errors.failed(&e).await;
-                continue;
-            }
-        };
-        errors.accepted();
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            tracing::warn!(%peer, "Too many HTTP connections; refused one.");
-            continue;
-        };
+        let ((stream, _), permit) = admission.admit(|| listener.accept()).await;
         let board = board.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {

@@ -12,14 +12,13 @@ use std::{
 
 use iot_connector_config::Loaded;
 use iot_connector_ipc::{
-    AcceptErrors, FrameReader, FrameWriter, HANDSHAKE_TIMEOUT, IpcError, LogGate, expect,
-    handshake, os,
+    Admission, FrameReader, FrameWriter, HANDSHAKE_TIMEOUT, IpcError, expect, handshake, os,
 };
 use iot_connector_proto::{Message, OperatorCommand, OperatorReply, Role};
 use tokio::{
     net::UnixListener,
     signal::unix::{SignalKind, signal},
-    sync::{Semaphore, mpsc, oneshot},
+    sync::{mpsc, oneshot},
 };
 
 use crate::{
@@ -362,27 +361,9 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// The operator's control socket: one command per connection. The handshake and the command
 /// come in small frames within [`HANDSHAKE_TIMEOUT`]; a failing `accept` pauses the loop.
 async fn serve_control(listener: UnixListener, commands: mpsc::UnboundedSender<CommandRequest>) {
-    let permits = Arc::new(Semaphore::new(MAX_OPERATOR_CONNECTIONS));
-    let mut errors = AcceptErrors::new("control socket");
-    let mut refused = LogGate::default();
+    let mut admission = Admission::new("control socket", MAX_OPERATOR_CONNECTIONS);
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                errors.failed(&e).await;
-                continue;
-            }
-        };
-        errors.accepted();
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            if let Some(suppressed) = refused.open(tokio::time::Instant::now()) {
-                tracing::warn!(
-                    suppressed,
-                    "{MAX_OPERATOR_CONNECTIONS} operator connections are open; closed a new one."
-                );
-            }
-            continue;
-        };
+        let ((stream, _), permit) = admission.admit(|| listener.accept()).await;
         let commands = commands.clone();
         tokio::spawn(async move {
             let (rx, tx) = stream.into_split();

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use iot_connector_proto::{Table, UplinkSettings};
+use iot_connector_proto::{StatusEvent, Table, UplinkSettings};
 use iot_connector_sim_zerobus::{Emulator, SimState};
 use serde_json::Value as Json;
 
@@ -27,15 +27,26 @@ use crate::{
 const POLL: Duration = Duration::from_millis(10);
 
 /// The events the uplink writes about process starts; the worker's own events are the rest.
-pub const START_EVENTS: [&str; 4] = ["started", "crashed", "restarted", "config_changed"];
+pub const START_EVENTS: [StatusEvent; 4] = [
+    StatusEvent::Started,
+    StatusEvent::Crashed,
+    StatusEvent::Restarted,
+    StatusEvent::ConfigChanged,
+];
+
+fn is_start(row: &Json) -> bool {
+    START_EVENTS
+        .iter()
+        .any(|event| row["event"] == event.as_str())
+}
 
 /// The `event` column of each status row the worker wrote itself (not a process start), in
 /// order.
 pub fn event_names(status: &[Json]) -> Vec<String> {
     status
         .iter()
+        .filter(|r| !is_start(r))
         .map(|r| r["event"].as_str().unwrap_or_default().to_owned())
-        .filter(|event| !START_EVENTS.contains(&event.as_str()))
         .collect()
 }
 
@@ -238,7 +249,7 @@ impl Rig {
     pub fn worker_status(&self, source: &str) -> Vec<Json> {
         self.status(source)
             .into_iter()
-            .filter(|r| !START_EVENTS.iter().any(|event| r["event"] == *event))
+            .filter(|r| !is_start(r))
             .collect()
     }
 

@@ -581,17 +581,22 @@ fn check_accepts_every_example_and_names_the_line_of_each_problem() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn starts_crashes_and_restarts_reach_the_status_table() {
+/// A Zerobus emulator, its CA in a file (kept while the returned handle lives) and the
+/// `[zerobus]` section that points a connector at it.
+async fn zerobus_section() -> (
+    iot_connector_sim_zerobus::Emulator,
+    tempfile::NamedTempFile,
+    String,
+) {
     let zerobus = iot_connector_sim_zerobus::start(Default::default())
         .await
         .unwrap();
     let ca = tempfile::NamedTempFile::new().unwrap();
     zerobus.write_ca_pem(ca.path()).unwrap();
     let tables = iot_connector_tests::TABLES;
-    let sources = format!(
+    let section = format!(
         "[zerobus]\nendpoint = \"{}\"\nworkspace_url = \"{}\"\nclient_id = \"id\"\nclient_secret = \"secret\"\n\
-         ca_file = {:?}\ntables = {{ opcua = \"{}\", mqtt = \"{}\", modbus = \"{}\", status = \"{}\" }}\n\n{}{}",
+         ca_file = {:?}\ntables = {{ opcua = \"{}\", mqtt = \"{}\", modbus = \"{}\", status = \"{}\" }}\n\n",
         zerobus.grpc_url(),
         zerobus.oauth_url(),
         ca.path().display().to_string(),
@@ -599,6 +604,16 @@ async fn starts_crashes_and_restarts_reach_the_status_table() {
         tables[1],
         tables[2],
         tables[3],
+    );
+    (zerobus, ca, section)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_crashes_and_restarts_reach_the_status_table() {
+    let (zerobus, _ca, zerobus_block) = zerobus_section().await;
+    let tables = iot_connector_tests::TABLES;
+    let sources = format!(
+        "{zerobus_block}{}{}",
         modbus_source("plc1", 1502),
         modbus_source("plc2", 1503)
     );
@@ -656,23 +671,8 @@ async fn starts_crashes_and_restarts_reach_the_status_table() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_records_survive_a_killed_and_a_stopped_supervisor() {
-    let zerobus = iot_connector_sim_zerobus::start(Default::default())
-        .await
-        .unwrap();
-    let ca = tempfile::NamedTempFile::new().unwrap();
-    zerobus.write_ca_pem(ca.path()).unwrap();
+    let (zerobus, _ca, zerobus_block) = zerobus_section().await;
     let tables = iot_connector_tests::TABLES;
-    let zerobus_block = format!(
-        "[zerobus]\nendpoint = \"{}\"\nworkspace_url = \"{}\"\nclient_id = \"id\"\nclient_secret = \"secret\"\n\
-         ca_file = {:?}\ntables = {{ opcua = \"{}\", mqtt = \"{}\", modbus = \"{}\", status = \"{}\" }}\n\n",
-        zerobus.grpc_url(),
-        zerobus.oauth_url(),
-        ca.path().display().to_string(),
-        tables[0],
-        tables[1],
-        tables[2],
-        tables[3],
-    );
     let sources = format!(
         "{zerobus_block}{}{}",
         modbus_source("plc1", 1502),

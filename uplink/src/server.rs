@@ -7,13 +7,13 @@ use std::{
 };
 
 use iot_connector_ipc::{
-    AcceptErrors, DataListener, DataStream, FrameReader, FrameWriter, HANDSHAKE_TIMEOUT, IpcError,
+    Admission, DataListener, DataStream, FrameReader, FrameWriter, HANDSHAKE_TIMEOUT, IpcError,
     LogGate, PeerIdentity, expect, handshake, tokens_match,
 };
 use iot_connector_proto::{
     Detail, Message, Record, Role, SourceGrant, Start, Table, table::encode_row,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc as channel, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc as channel, oneshot};
 
 use crate::{spool::Incoming, stats::Stats, writer::WriterRequest};
 
@@ -94,25 +94,9 @@ impl Hub {
     /// Accepts connections for the life of the process: a failing `accept` pauses the loop,
     /// never ends it.
     pub async fn serve(self: Arc<Self>, listener: DataListener) {
-        let handshaking = Arc::new(Semaphore::new(MAX_HANDSHAKING));
-        let mut errors = AcceptErrors::new("data socket");
-        let mut refused = LogGate::default();
+        let mut admission = Admission::new("data socket", MAX_HANDSHAKING);
         loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    errors.failed(&e).await;
-                    continue;
-                }
-            };
-            errors.accepted();
-            let Ok(permit) = Arc::clone(&handshaking).try_acquire_owned() else {
-                if let Some(suppressed) = refused.open(tokio::time::Instant::now()) {
-                    tracing::warn!(pid = ?peer.pid, uid = ?peer.uid, suppressed,
-                        "{MAX_HANDSHAKING} data connections are in their handshake; closed a new one.");
-                }
-                continue;
-            };
+            let ((stream, peer), permit) = admission.admit(|| listener.accept()).await;
             let hub = Arc::clone(&self);
             tokio::spawn(async move {
                 if let Err(e) = hub.connection(stream, peer, permit).await {

@@ -828,6 +828,19 @@ mod tests {
         )
     }
 
+    /// A spool under `right.key` holding three MQTT rows (positions 0 to 2), closed.
+    fn filled_with_right_key() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = open_with(dir.path(), Some("right.key")).unwrap();
+        spool
+            .append(
+                &[batch("broker", 1, &rows(Table::Mqtt, 3, 40))],
+                &status_row,
+            )
+            .unwrap();
+        dir
+    }
+
     /// Flips one byte of the stored row of `table` at `position`, as a bad disk block would.
     fn damage(dir: &Path, table: Table, position: u64) {
         let db = Database::create(dir.join("spool/spool.redb")).unwrap();
@@ -843,15 +856,7 @@ mod tests {
 
     #[test]
     fn a_spool_opened_with_another_key_or_without_its_encryption_is_refused_at_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = open_with(dir.path(), Some("right.key")).unwrap();
-        spool
-            .append(
-                &[batch("broker", 1, &rows(Table::Mqtt, 3, 40))],
-                &status_row,
-            )
-            .unwrap();
-        drop(spool);
+        let dir = filled_with_right_key();
 
         for (key, says) in [
             (Some("wrong.key"), "was written with another key"),
@@ -873,15 +878,7 @@ mod tests {
 
     #[test]
     fn a_spool_of_an_earlier_release_gets_its_key_check_when_its_rows_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = open_with(dir.path(), Some("right.key")).unwrap();
-        spool
-            .append(
-                &[batch("broker", 1, &rows(Table::Mqtt, 3, 40))],
-                &status_row,
-            )
-            .unwrap();
-        drop(spool);
+        let dir = filled_with_right_key();
         let forget_check = || {
             let db = Database::create(dir.path().join("spool/spool.redb")).unwrap();
             let txn = db.begin_write().unwrap();
@@ -906,15 +903,7 @@ mod tests {
 
     #[test]
     fn a_damaged_row_reports_decrypt_and_can_be_moved_aside() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = open_with(dir.path(), Some("right.key")).unwrap();
-        spool
-            .append(
-                &[batch("broker", 1, &rows(Table::Mqtt, 3, 40))],
-                &status_row,
-            )
-            .unwrap();
-        drop(spool);
+        let dir = filled_with_right_key();
         damage(dir.path(), Table::Mqtt, 1);
 
         let spool = open_with(dir.path(), Some("right.key")).unwrap();
