@@ -350,13 +350,25 @@ pub async fn poll_until(
     condition()
 }
 
-/// A free loopback port.
+/// A free loopback port, never one this process was given before: the kernel may hand a
+/// just-released port out again, and two listeners of one test (a broker's plain and TLS
+/// ports) must not get the same one.
 #[allow(clippy::expect_used)] // test harness: a test cannot go on without one
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// The three-part table names the tests forward to, in [`Table::ALL`] order.
