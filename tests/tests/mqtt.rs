@@ -864,6 +864,52 @@ async fn a_wrong_password_is_reported_as_a_configuration_problem_and_retried_slo
     assert_eq!(refusals, 1, "one status row per outage, not per attempt");
 }
 
+/// A broker that accepts every connection, answers CONNACK and closes it at once (as brokers do
+/// that hit a poison message in the session): the worker's pauses between attempts grow instead
+/// of knocking every half second forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_drops_every_session_after_connack_gets_growing_pauses() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", free_port()))
+        .await
+        .unwrap();
+    let endpoint = format!("mqtt://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let accepted = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let times = Arc::clone(&accepted);
+    let broker = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            times.lock().unwrap().push(tokio::time::Instant::now());
+            let mut connect = [0_u8; 512];
+            if stream.read(&mut connect).await.unwrap_or(0) > 0 {
+                // CONNACK, MQTT 3.1.1: no session present, accepted.
+                let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x00]).await;
+            }
+        }
+    });
+    let mut rig = start_rig().await;
+    let config = source_config(&endpoint, "", &[r#"{ filter = "plant/#", qos = 1 }"#]);
+    let worker = start_worker(&mut rig, &config).await;
+    let count = || accepted.lock().unwrap().len();
+    assert!(
+        wait_until(Duration::from_secs(60), || count() >= 6).await,
+        "only {} connections",
+        count()
+    );
+    let times = accepted.lock().unwrap().clone();
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    // Pauses start at 0.5 s and double, each drawn from [d/2, d]: the fifth is at least 2 s,
+    // where a backoff reset by every CONNACK stays at 0.25..0.5 s.
+    assert!(
+        gaps[4] >= Duration::from_millis(1900),
+        "pauses between attempts: {gaps:?}"
+    );
+    assert!(rig.alive(worker), "no crash loop");
+    broker.abort();
+}
+
 // ---------------------------------------------------------------------------------------------
 // MQTT 5
 

@@ -647,8 +647,11 @@ impl Worker {
         loop {
             match self.establish().await {
                 Ok(connection) => {
-                    backoff.reset();
+                    backoff.connected();
                     self.connected(connection).await;
+                    // A server that ends every session right after creating it is not
+                    // hammered: the pause grows until a session stays up.
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(failure) => {
                     self.report(&failure);

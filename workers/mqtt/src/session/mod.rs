@@ -315,7 +315,8 @@ impl Session {
         self.link.connections += 1;
         self.link.connected = true;
         self.link.reported = None;
-        self.link.network.reset();
+        // The credentials and the address are right; the link proves itself by staying up.
+        self.link.network.connected();
         self.link.configuration.reset();
         health().set_connected(true);
         if !first {
