@@ -13,6 +13,7 @@
 //! them absolute.
 #![forbid(unsafe_code)]
 
+mod dirs;
 mod expand;
 mod load;
 mod problems;
@@ -26,6 +27,7 @@ mod validate;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub use dirs::directory_problem;
 pub use iot_connector_proto::{UplinkSettings, WorkerSettings};
 pub use problems::{ConfigErrors, Problem};
 pub use schema::*;
@@ -148,6 +150,13 @@ impl Loaded {
     /// `[http] listen`.
     pub fn http_listen(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// A reload from `running` to `self` would leave these keys' new values unused (the running
+    /// supervisor took them at its start: directories, the HTTP listener, logging): one problem
+    /// per changed key, at its line in `self`'s file. `Ok` when a reload can apply everything.
+    pub fn restart_needed(&self, running: &Loaded) -> Result<(), ConfigErrors> {
+        load::restart_needed(running, self)
     }
 }
 

@@ -204,6 +204,70 @@ pub(crate) fn runtime_dir(
     Ok(directories(&root, &ctx, &mut p).runtime_dir)
 }
 
+/// The keys the running supervisor takes only at its start, with their values as an operator
+/// reads them.
+fn restart_keys(loaded: &Loaded) -> [(&'static str, String); 7] {
+    let connector = &loaded.config.connector;
+    [
+        (
+            "connector.state_dir",
+            loaded.state_dir.display().to_string(),
+        ),
+        (
+            "connector.runtime_dir",
+            loaded.runtime_dir.display().to_string(),
+        ),
+        (
+            "connector.bin_dir",
+            loaded.bin_dir().map_or_else(
+                || "next to iot-connector".to_owned(),
+                |dir| dir.display().to_string(),
+            ),
+        ),
+        ("connector.log_level", connector.log_level.clone()),
+        (
+            "connector.log_format",
+            format!("{:?}", connector.log_format).to_lowercase(),
+        ),
+        ("http.listen", loaded.config.http.listen.clone()),
+        (
+            "http.degraded_after",
+            String::from(loaded.config.http.degraded_after),
+        ),
+    ]
+}
+
+pub(crate) fn restart_needed(running: &Loaded, new: &Loaded) -> Result<(), ConfigErrors> {
+    let changed: Vec<_> = restart_keys(running)
+        .into_iter()
+        .zip(restart_keys(new))
+        .filter(|((_, old), (_, new))| old != new)
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    // The positions come from the file as it is now; it was read a moment ago.
+    let text = read_limited(&new.path, MAX_CONFIG_BYTES)
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default();
+    let mut p = Problems::new(&new.path, &text);
+    let mut positions = Problems::new(&new.path, &text);
+    let root = syntax_tree(&new.path, &text, &|_| None, &mut positions).map(|(root, _)| root);
+    for ((key, old), (_, value)) in changed {
+        let message = format!(
+            "`{key}` changed from {old:?} to {value:?}: the running connector takes it only at a restart (`systemctl restart iot-connector`); nothing was reloaded, put the old value back to reload the rest"
+        );
+        match &root {
+            Some(root) => p.at(
+                tree::span_or_ancestor(root, &tree::path(key)).start,
+                message,
+            ),
+            None => p.at_line(0, message),
+        }
+    }
+    Err(p.into_errors())
+}
+
 pub(crate) fn parse(
     path: &Path,
     text: &str,

@@ -71,6 +71,7 @@ pub(crate) fn check(
     if let Some(connector) = &parts.connector {
         check_connector(connector, &at("connector"), p);
     }
+    check_directories(dirs, &at("connector"), p);
     let listen = parts
         .http
         .as_ref()
@@ -106,6 +107,17 @@ fn check_connector(c: &Connector, at: &At<'_, '_, '_, '_>, p: &mut Problems) {
     }
     if c.log_level.trim().is_empty() {
         at.report(p, "log_level", "is empty: write a tracing filter such as \"info\" or \"iot_connector_uplink=debug,info\"");
+    }
+}
+
+fn check_directories(dirs: &Dirs, at: &At<'_, '_, '_, '_>, p: &mut Problems) {
+    for (key, dir) in [
+        ("state_dir", &dirs.state_dir),
+        ("runtime_dir", &dirs.runtime_dir),
+    ] {
+        if let Some(problem) = crate::directory_problem(dir) {
+            at.report(p, key, problem);
+        }
     }
 }
 

@@ -122,6 +122,14 @@ pub fn release_free_memory() {
     }
 }
 
+/// Files and directories this process and its children create are theirs alone (0600 and
+/// 0700), whatever umask started the connector: the spool, the keys and the OPC-UA private key
+/// are secrets outside systemd's `UMask=0077` too. Modes that must be wider (the sockets'
+/// 0660, the state directory's 0750) are set explicitly where they are made.
+pub fn private_umask() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+}
+
 /// Raises this process's soft limit of open descriptors to its hard limit (systemd's default
 /// soft limit is 1,024, the hard one 524,288), so that a flood of local connections reaches the
 /// listeners' own caps long before the kernel's. Returns the soft limit now in force.

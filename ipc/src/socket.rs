@@ -52,9 +52,25 @@ impl DataListener {
     }
 }
 
-/// Connects to the uplink's data socket.
+/// Connects to the uplink's data socket, and refuses the connection unless the process behind
+/// it runs as this process's own user: whoever could put another socket in its place (a
+/// runtime directory that others can write) must not receive the source's token and records,
+/// nor send acknowledgements.
 pub async fn connect_data(path: &Path) -> io::Result<DataStream> {
-    Stream::connect(path.to_fs_name::<GenericFilePath>()?).await
+    use interprocess::local_socket::traits::StreamCommon as _;
+    let stream = Stream::connect(path.to_fs_name::<GenericFilePath>()?).await?;
+    let own = nix::unistd::geteuid().as_raw();
+    match stream.peer_creds()?.euid() {
+        Some(uid) if uid == own => Ok(stream),
+        peer => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the process behind {} runs as uid {}, not as the connector's user (uid {own}): nothing is sent to it; keep the runtime directory the connector's own",
+                path.display(),
+                peer.map_or_else(|| "unknown".to_owned(), |uid| uid.to_string())
+            ),
+        )),
+    }
 }
 
 /// A fresh per-spawn token: 32 bytes from the OS-seeded CSPRNG.

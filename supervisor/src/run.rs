@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -86,7 +86,9 @@ impl Connector {
 
     /// Re-reads the file: on any problem nothing changes; otherwise only what changed restarts.
     async fn reload(&mut self) -> OperatorReply {
-        let new = match iot_connector_config::load(&self.config_path) {
+        let checked = iot_connector_config::load(&self.config_path)
+            .and_then(|new| new.restart_needed(&self.loaded).map(|()| new));
+        let new = match checked {
             Ok(new) => Arc::new(new),
             Err(errors) => {
                 let problems: Vec<String> = errors
@@ -201,13 +203,27 @@ fn child_env(loaded: &Loaded) -> Vec<(String, String)> {
     env
 }
 
-fn private_dir(path: &Path, mode: u32) -> Result<(), MainError> {
-    std::fs::create_dir_all(path)
-        .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)))
-        .map_err(|source| MainError::Directory {
-            path: path.to_owned(),
-            source,
-        })
+/// Creates the state or runtime directory when it is missing (0750, with any missing parents),
+/// and never changes one that exists: a directory shared with others is refused instead, by the
+/// configuration check and again here, after the creation.
+fn private_dir(path: &Path) -> Result<(), MainError> {
+    let error = |source| MainError::Directory {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(path)
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(error(e)),
+    }
+    match iot_connector_config::directory_problem(path) {
+        Some(problem) => Err(error(std::io::Error::other(problem))),
+        None => Ok(()),
+    }
 }
 
 /// Runs the connector until SIGTERM or SIGINT.
@@ -216,8 +232,9 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), MainError> 
         Ok(files) => tracing::debug!(files, "Open descriptor limit."),
         Err(e) => tracing::warn!(error = %e, "Cannot raise the open descriptor limit."),
     }
-    private_dir(&loaded.state_dir, 0o750)?;
-    private_dir(&loaded.runtime_dir, 0o750)?;
+    os::private_umask();
+    private_dir(&loaded.state_dir)?;
+    private_dir(&loaded.runtime_dir)?;
     let bin_dir = match &loaded.config.connector.bin_dir {
         Some(dir) => PathBuf::from(dir),
         None => std::env::current_exe()

@@ -211,3 +211,56 @@ async fn exhausted_descriptors_do_not_make_the_supervisor_spin_and_it_recovers()
     let (code, out) = connector.command(&["status"]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// A local user who can put a socket of their own where the uplink's was (a runtime directory
+/// they could write) receives nothing: the worker checks who is behind the socket before its
+/// first byte, and `status` says why it does not deliver. Needs root to run the impostor as
+/// another user; without root there is no other user to be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_sends_nothing_to_a_data_socket_of_another_user() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: running a peer as another user needs root");
+        return;
+    }
+    let c = Connector::start(&iot_connector_tests::connector::modbus_source("plc1", 1502)).await;
+    let lair = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(lair.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let impostor_socket = lair.path().join("data.sock");
+    let heard = lair.path().join("heard");
+    let mut impostor = tokio::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "socat",
+            "-u",
+        ])
+        .arg(format!("UNIX-LISTEN:{},fork", impostor_socket.display()))
+        .arg("STDOUT")
+        .stdout(std::fs::File::create(&heard).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("setpriv and socat run");
+    assert!(
+        wait_until(Duration::from_secs(10), || impostor_socket.exists()).await,
+        "the impostor never listened"
+    );
+    std::fs::rename(&impostor_socket, c.dir.path().join("run/data.sock")).unwrap();
+    let (code, out) = c.command(&["restart", "plc1"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        c.wait_for(Duration::from_secs(30), |c| c.process("plc1")["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("runs as uid 65534")))
+            .await,
+        "status never said why: {}",
+        c.process("plc1")
+    );
+    assert_eq!(
+        std::fs::metadata(&heard).unwrap().len(),
+        0,
+        "the impostor heard from the worker"
+    );
+    impostor.kill().await.unwrap();
+}

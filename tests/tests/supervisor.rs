@@ -361,6 +361,33 @@ async fn reload_restarts_only_what_changed_and_refuses_an_invalid_file() {
     );
     assert_eq!(c.pid("plc1"), plc1, "an invalid file changes nothing");
     assert_eq!(c.get("/health").0, 200);
+
+    // New directories take a restart: the sockets and the spool stay where they are, so the
+    // reload is refused (SIGHUP: logged; the command: 78 at the key's line) instead of
+    // restarting the uplink somewhere the workers do not look.
+    let uplink = c.pid("uplink");
+    let text = config_text(c.dir.path(), &c.http, &changed);
+    std::fs::write(&c.config, text.replace("/run\"", "/run2\"")).unwrap();
+    kill(c.process.id().unwrap() as i32, Signal::SIGHUP);
+    let moved = text.replace("/state\"", "/state2\"");
+    std::fs::write(&c.config, &moved).unwrap();
+    let (code, text) = c.command(&["reload"]);
+    assert_eq!(code, 78, "{text}");
+    let line = moved
+        .lines()
+        .position(|l| l.starts_with("state_dir"))
+        .unwrap()
+        + 1;
+    assert!(
+        text.contains(&format!(
+            "{}:{line}: `connector.state_dir` changed",
+            c.config.display()
+        )) && text.contains("only at a restart"),
+        "{text}"
+    );
+    assert_eq!(c.pid("uplink"), uplink, "a refused reload restarts nothing");
+    assert_eq!(c.pid("plc1"), plc1);
+    assert_eq!(c.get("/health").0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -722,4 +749,136 @@ async fn acknowledged_records_survive_a_killed_and_a_stopped_supervisor() {
             "{source}: a gap in the delivered sequence numbers"
         );
     }
+}
+
+/// `check` and `run` refuse a state or runtime directory that others could change or that is
+/// no directory at all, at the key's line; `run` leaves the mode of such a directory alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_foreign_or_kernel_directories_are_refused_and_left_unchanged() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    let mut cases = vec![
+        (shared.clone(), "(mode 1777)"),
+        ("/tmp".into(), "/tmp"),
+        ("/proc/self/fd".into(), "kernel file system"),
+        (file, "is not a directory"),
+    ];
+    if nix::unistd::geteuid().is_root() {
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        cases.push((theirs, "belongs to uid 65534"));
+    }
+    let config = dir.path().join("config.toml");
+    let write = |runtime_dir: &Path| {
+        let text = format!(
+            "[connector]\nid = \"dirs\"\nstate_dir = {:?}\nruntime_dir = {:?}\n\n{}",
+            dir.path().join("state").display().to_string(),
+            runtime_dir.display().to_string(),
+            modbus_source("plc1", 1502)
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    for (runtime_dir, expected) in &cases {
+        write(runtime_dir);
+        let output = std::process::Command::new(bin("iot-connector"))
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(78),
+            "{}: {stderr}",
+            runtime_dir.display()
+        );
+        assert!(
+            stderr.contains(&format!("{}:4: ", config.display()))
+                && stderr.contains("runtime_dir")
+                && stderr.contains(expected),
+            "{}: {stderr}",
+            runtime_dir.display()
+        );
+    }
+    write(&shared);
+    let run = tokio::process::Command::new(bin("iot-connector"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("run exits at once")
+        .unwrap();
+    assert_eq!(output.status.code(), Some(78));
+    let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(
+        mode, 0o1777,
+        "a directory the connector did not create keeps its mode"
+    );
+}
+
+/// Whatever the umask it was started with, the connector's secrets are 0600 and their
+/// directories 0700: the spool, its key and the OPC-UA client's private key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_and_their_directories_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    // The umask of a hand start or a container; the supervisor inherits it.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let dir = tempfile::tempdir().unwrap();
+    let bins = dir.path().join("bin");
+    std::fs::create_dir_all(&bins).unwrap();
+    for binary in ["iot-connector-uplink", "iot-connector-opcua"] {
+        std::os::unix::fs::symlink(bin(binary), bins.join(binary)).unwrap();
+    }
+    let http = format!("127.0.0.1:{}", iot_connector_tests::free_port());
+    let source = "[[sources]]\nname = \"ua1\"\nprotocol = \"opcua\"\nendpoint = \"opc.tcp://127.0.0.1:1\"\n\
+                  nodes = [{ node_id = \"ns=2;s=T\" }]\n";
+    let config = config_text(dir.path(), &http, source);
+    let c = Connector::launch(dir, http, &config);
+    let state = c.dir.path().join("state");
+    let find = |name: &str| {
+        walk(&state)
+            .into_iter()
+            .find(|p| p.file_name().is_some_and(|n| n == name))
+    };
+    assert!(
+        c.wait_for(Duration::from_secs(60), |_| find("private.pem").is_some()
+            && find("spool.redb").is_some())
+            .await,
+        "the OPC-UA key and the spool were never made under {}",
+        state.display()
+    );
+    let key = find("private.pem").unwrap();
+    let spool = find("spool.redb").unwrap();
+    let pki = key.parent().unwrap().parent().unwrap().to_owned();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for (path, wanted) in [
+        (key.clone(), 0o600),
+        (key.parent().unwrap().to_owned(), 0o700),
+        (pki, 0o700),
+        (spool.clone(), 0o600),
+        (spool.parent().unwrap().to_owned(), 0o700),
+        (state.join("keys/spool.key"), 0o600),
+    ] {
+        assert_eq!(mode(&path), wanted, "{}: {:o}", path.display(), mode(&path));
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        }
+        found.push(path);
+    }
+    found
 }

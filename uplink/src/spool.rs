@@ -354,9 +354,12 @@ impl Spool {
             path: path.clone(),
             source,
         };
-        fs::create_dir_all(dir)
-            .map_err(|e| open_err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))?;
+        let io_err = |e| open_err(redb::DatabaseError::Storage(redb::StorageError::Io(e)));
+        fs::create_dir_all(dir).map_err(io_err)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err)?;
         let db = Database::create(&path).map_err(open_err)?;
+        // A spool made by an earlier release under a wider umask is narrowed too.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(io_err)?;
         let txn = db.begin_write()?;
         let epoch;
         {

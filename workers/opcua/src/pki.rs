@@ -80,7 +80,9 @@ impl Pki {
             let path = dir.join(sub);
             fs::create_dir_all(&path).map_err(io(&path))?;
         }
-        restrict(&dir.join("private")).map_err(io(&dir.join("private")))?;
+        for private in [dir, &dir.join("private")] {
+            restrict(private, 0o700).map_err(io(private))?;
+        }
         let lock_path = dir.join(".lock");
         let lock = fs::OpenOptions::new()
             .create(true)
@@ -105,6 +107,8 @@ impl Pki {
                 reason,
             })?;
         }
+        // A key made by an earlier release under a wider umask is narrowed too.
+        restrict(&key_path, 0o600).map_err(io(&key_path))?;
         drop(lock);
         let cert = CertificateStore::read_cert(&cert_path).map_err(|reason| PkiError::Read {
             path: cert_path.clone(),
@@ -202,13 +206,13 @@ fn own_cert_data(application_uri: &str) -> X509Data {
 }
 
 #[cfg(unix)]
-fn restrict(path: &Path) -> std::io::Result<()> {
+fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
 }
 
 #[cfg(not(unix))]
-fn restrict(_: &Path) -> std::io::Result<()> {
+fn restrict(_: &Path, _: u32) -> std::io::Result<()> {
     Ok(())
 }
 

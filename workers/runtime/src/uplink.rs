@@ -262,6 +262,12 @@ impl Link {
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();
+                    if let IpcError::Io(io) = &e
+                        && io.kind() == std::io::ErrorKind::PermissionDenied
+                    {
+                        // Someone else's socket: what status and /health must show.
+                        crate::health().error(io.to_string());
+                    }
                     tracing::warn!(source = %self.source, error = %e, retry_ms = delay.as_millis(), "Uplink not reachable.");
                     tokio::time::sleep(delay).await;
                 }
