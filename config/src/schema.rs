@@ -504,6 +504,10 @@ pub struct MqttSource {
     /// Password for `username`.
     #[serde(default)]
     pub password: Option<Secret>,
+    /// Lets a password go over `mqtt://`, in clear text (refused otherwise): only on a network
+    /// you trust, such as a broker on the same host.
+    #[serde(default)]
+    pub allow_plaintext_password: bool,
     /// CA certificate (PEM) for `mqtts://`.
     #[serde(default)]
     pub ca_file: Option<String>,

@@ -399,9 +399,19 @@ fn check_source_names(root: &Value<'_>, ctx: &Ctx<'_>, p: &mut Problems) {
     }
 }
 
-fn check_positive(at: &At<'_, '_, '_, '_>, p: &mut Problems, rel: &str, value: u64) {
+/// Longest interval or timeout any key in milliseconds may have: one day. Beyond that no device
+/// means it; it is a unit mix-up (seconds written as µs) or a typo.
+const MAX_MILLIS: u64 = 24 * 3600 * 1000;
+
+fn check_millis(at: &At<'_, '_, '_, '_>, p: &mut Problems, rel: &str, value: u64) {
     if value == 0 {
         at.report(p, rel, "is 0: use a positive number of milliseconds");
+    } else if value > MAX_MILLIS {
+        at.report(
+            p,
+            rel,
+            format!("is {value} ms, more than a day: write milliseconds, at most {MAX_MILLIS}"),
+        );
     }
 }
 
@@ -482,8 +492,8 @@ fn check_opcua(s: &OpcuaSource, at: &At<'_, '_, '_, '_>, p: &mut Problems) {
             "needs its pair: set both user_certificate_file and user_private_key_file",
         );
     }
-    check_positive(at, p, "connect_timeout_ms", s.connect_timeout_ms);
-    check_positive(at, p, "publishing_interval_ms", s.publishing_interval_ms);
+    check_millis(at, p, "connect_timeout_ms", s.connect_timeout_ms);
+    check_millis(at, p, "publishing_interval_ms", s.publishing_interval_ms);
     for (i, node) in s.nodes.iter().enumerate() {
         if node.node_id.trim().is_empty() {
             at.report(
@@ -493,7 +503,7 @@ fn check_opcua(s: &OpcuaSource, at: &At<'_, '_, '_, '_>, p: &mut Problems) {
             );
         }
         if let Some(ms) = node.sampling_interval_ms {
-            check_positive(at, p, &format!("nodes.{i}.sampling_interval_ms"), ms);
+            check_millis(at, p, &format!("nodes.{i}.sampling_interval_ms"), ms);
         }
         if let Some(deadband) = node.deadband_absolute {
             check_finite(
@@ -624,6 +634,20 @@ fn check_mqtt(s: &MqttSource, at: &At<'_, '_, '_, '_>, p: &mut Problems) {
         ),
         _ => {}
     }
+    if s.password.is_some() && !tls && !s.allow_plaintext_password {
+        at.report(
+            p,
+            "password",
+            "would cross the network in clear text over mqtt://: use mqtts://, or set allow_plaintext_password = true on a network you trust",
+        );
+    }
+    if s.password.is_some() && !tls && !s.allow_plaintext_password {
+        at.report(
+            p,
+            "password",
+            "would cross the network in clear text over mqtt://: use mqtts://, or set allow_plaintext_password = true on a network you trust",
+        );
+    }
     if s.password.is_some() && s.username.is_none() {
         at.report(
             p,
@@ -727,8 +751,8 @@ fn check_modbus(s: &ModbusSource, at: &At<'_, '_, '_, '_>, p: &mut Problems) {
     if let Some(bits) = s.stop_bits.filter(|b| !matches!(b, 1 | 2)) {
         at.report(p, "stop_bits", format!("is {bits}: use 1 or 2"));
     }
-    check_positive(at, p, "poll_interval_ms", s.poll_interval_ms);
-    check_positive(at, p, "timeout_ms", s.timeout_ms);
+    check_millis(at, p, "poll_interval_ms", s.poll_interval_ms);
+    check_millis(at, p, "timeout_ms", s.timeout_ms);
     if s.enabled && s.registers.is_empty() {
         at.report(
             p,
@@ -812,10 +836,10 @@ fn check_modbus(s: &ModbusSource, at: &At<'_, '_, '_, '_>, p: &mut Problems) {
             check_finite(at, p, &rel("deadband"), deadband, true);
         }
         if let Some(ms) = register.poll_interval_ms {
-            check_positive(at, p, &rel("poll_interval_ms"), ms);
+            check_millis(at, p, &rel("poll_interval_ms"), ms);
         }
         if let Some(ms) = register.heartbeat_ms {
-            check_positive(at, p, &rel("heartbeat_ms"), ms);
+            check_millis(at, p, &rel("heartbeat_ms"), ms);
         }
         if rtu && !RTU_UNIT_IDS.contains(&register.unit_id) {
             at.report(

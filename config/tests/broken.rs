@@ -652,3 +652,31 @@ fn serial_keys_are_checked_and_belong_to_rtu_only() {
         ],
     );
 }
+
+#[test]
+fn values_no_device_could_mean_are_refused() {
+    let password = "topics = [ { filter = \"plant/#\", qos = 1 } ]\nusername = \"edge\"\npassword = \"plain-pw\"";
+    assert_problems(
+        &edit(&[
+            (24, password),
+            (
+                29,
+                "endpoint = \"tcp://${PLC_HOST}:502\"\npoll_interval_ms = 9223372036854775807",
+            ),
+        ]),
+        &[
+            (
+                26,
+                &[
+                    "source \"broker\" password",
+                    "clear text over mqtt://",
+                    "allow_plaintext_password = true",
+                ],
+            ),
+            (32, &["poll_interval_ms", "more than a day"]),
+        ],
+    );
+    let trusted = format!("{password}\nallow_plaintext_password = true");
+    let loaded = parse_with_env(Path::new(FILE), &edit(&[(24, &trusted)]), &env);
+    assert!(loaded.is_ok(), "{:?}", loaded.err());
+}

@@ -158,13 +158,13 @@ password = "credential:opcua-pw"
 [[sources]]
 name = "mq"
 protocol = "mqtt"
-endpoint = "mqtt://mq:1883"
+endpoint = "mqtts://mq:8883"
 username = "u"
 password = "{sealed}"
 [[sources]]
 name = "lit"
 protocol = "mqtt"
-endpoint = "mqtt://mq:1883"
+endpoint = "mqtts://mq:8883"
 username = "u"
 password = "plain-literal"
 "#
@@ -187,7 +187,7 @@ password = "plain-literal"
 #[test]
 fn a_secret_whose_variable_holds_a_prefix_is_taken_literally() {
     let env = with_env(&[("PW", "file:/etc/shadow")]);
-    let text = "[connector]\nid = \"c\"\n[[sources]]\nname = \"m\"\nprotocol = \"mqtt\"\nendpoint = \"mqtt://b:1883\"\nusername = \"u\"\npassword = \"${PW}\"\n";
+    let text = "[connector]\nid = \"c\"\n[[sources]]\nname = \"m\"\nprotocol = \"mqtt\"\nendpoint = \"mqtts://b:8883\"\nusername = \"u\"\npassword = \"${PW}\"\n";
     let loaded = ok(Path::new("/etc/c.toml"), text, &env);
     let Some(Source::Mqtt(mqtt)) = loaded.source("m") else {
         panic!()
@@ -345,7 +345,7 @@ registers = [ { name = "t", kind = "holding", address = 0 } ]
     // A rotated secret is a changed slice.
     let mqtt = |password: &str| {
         format!(
-            "[connector]\nid = \"c\"\n[[sources]]\nname = \"m\"\nprotocol = \"mqtt\"\nendpoint = \"mqtt://b:1883\"\nusername = \"u\"\npassword = \"{password}\"\n"
+            "[connector]\nid = \"c\"\n[[sources]]\nname = \"m\"\nprotocol = \"mqtt\"\nendpoint = \"mqtts://b:8883\"\nusername = \"u\"\npassword = \"{password}\"\n"
         )
     };
     let one = ok(path, &mqtt("one"), &no_env);

@@ -146,6 +146,14 @@ pub enum MainError {
         /// Why.
         source: iot_connector_ipc::IpcError,
     },
+    /// The control socket is there, but this user may not use it.
+    #[error(
+        "cannot reach the connector's control socket {socket}: permission denied; run the command as the connector's user (sudo -u iot-connector …) or as a member of its group"
+    )]
+    NoAccess {
+        /// The control socket.
+        socket: PathBuf,
+    },
     /// The named source does not exist.
     #[error("unknown source {0:?}: `iot-connector status` lists the sources")]
     UnknownSource(String),
@@ -177,7 +185,7 @@ impl MainError {
     fn exit_status(&self) -> ExitStatus {
         match self {
             Self::Config(_) | Self::Refused(_) => ExitStatus::Config,
-            Self::NotRunning { .. } => ExitStatus::Unavailable,
+            Self::NotRunning { .. } | Self::NoAccess { .. } => ExitStatus::Unavailable,
             Self::UnknownSource(_) => ExitStatus::DataErr,
             Self::Secret(_) | Self::Stdin(_) => ExitStatus::DataErr,
             Self::Directory { .. }
@@ -339,5 +347,12 @@ fn operator(
     let socket = iot_connector_config::control_socket_of(config)?;
     runtime()?
         .block_on(iot_connector_ipc::send_command(&socket, command))
-        .map_err(|source| MainError::NotRunning { socket, source })
+        .map_err(|source| match &source {
+            iot_connector_ipc::IpcError::Io(e)
+                if e.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                MainError::NoAccess { socket }
+            }
+            _ => MainError::NotRunning { socket, source },
+        })
 }

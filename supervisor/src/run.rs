@@ -232,6 +232,9 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), MainError> 
         Ok(files) => tracing::debug!(files, "Open descriptor limit."),
         Err(e) => tracing::warn!(error = %e, "Cannot raise the open descriptor limit."),
     }
+    if loaded.config.sources.is_empty() {
+        tracing::warn!(config = %config_path.display(), "No [[sources]] are configured: the connector forwards nothing until one is added and the configuration reloaded.");
+    }
     os::private_umask();
     private_dir(&loaded.state_dir)?;
     private_dir(&loaded.runtime_dir)?;

@@ -826,7 +826,7 @@ async fn a_wrong_password_is_reported_as_a_configuration_problem_and_retried_slo
     let mut rig = start_rig().await;
     let config = source_config(
         &broker.endpoint(),
-        "username = \"edge\"\npassword = \"not-the-password\"",
+        "username = \"edge\"\npassword = \"not-the-password\"\nallow_plaintext_password = true",
         &[r#"{ filter = "plant/#", qos = 1 }"#],
     );
     let started = tokio::time::Instant::now();
@@ -1296,7 +1296,7 @@ async fn a_wrong_password_shows_in_status_and_health_without_a_restart() {
     let http = format!("127.0.0.1:{}", free_port());
     let sources = format!(
         "[[sources]]\nname = \"{SOURCE}\"\nprotocol = \"mqtt\"\nendpoint = \"{}\"\n\
-         username = \"edge\"\npassword = \"not-the-password\"\ntopics = [{{ filter = \"plant/#\" }}]\n",
+         username = \"edge\"\npassword = \"not-the-password\"\nallow_plaintext_password = true\ntopics = [{{ filter = \"plant/#\" }}]\n",
         broker.endpoint()
     );
     let config = config_text(dir.path(), &http, &sources);

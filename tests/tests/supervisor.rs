@@ -882,3 +882,36 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     found
 }
+
+/// An operator command from a user who may not use the control socket says so, instead of
+/// claiming that nothing runs. Needs root to be another user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_without_access_says_permission_denied() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: being another user needs root");
+        return;
+    }
+    let c = Connector::start(&modbus_source("plc1", 1502)).await;
+    let readable = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(readable.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = readable.path().join("config.toml");
+    std::fs::copy(&c.config, &config).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // A copy the other user can run wherever the checkout is.
+    let cli = readable.path().join("iot-connector");
+    std::fs::copy(bin("iot-connector"), &cli).unwrap();
+    let output = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&cli)
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .expect("setpriv runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains("permission denied") && !stderr.contains("no connector is running"),
+        "{stderr}"
+    );
+}
