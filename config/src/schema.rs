@@ -174,7 +174,7 @@ impl Default for SpoolConfig {
 
 /// A size in bytes, written as a number or as `"<n><unit>"` with `B`, `KB`, `MB`, `GB`, `TB`
 /// (powers of 1000) or `KiB`, `MiB`, `GiB`, `TiB` (powers of 1024).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Encode, Decode)]
 #[serde(into = "u64")]
 pub struct ByteSize(pub u64);
 
@@ -531,10 +531,28 @@ pub struct MqttSource {
     /// Subscriptions.
     #[serde(default)]
     pub topics: Vec<MqttTopic>,
+    /// The largest message payload taken, at most `"256MiB"`. MQTT 5 brokers are told (maximum
+    /// packet size) and drop larger messages themselves; under MQTT 3.1.1 a larger message is
+    /// refused before it is read, which ends the connection: the worker reports it and retries
+    /// slowly (the broker redelivers it until the limit is raised or the message is removed).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: ByteSize,
+    /// Sparkplug B names and aliases remembered from births, across all edge nodes (about
+    /// 100 bytes each); a birth beyond it is remembered in part and says so in `parse_error`.
+    #[serde(default = "default_sparkplug_max_names")]
+    pub sparkplug_max_names: u32,
 }
 
 fn default_session_expiry_seconds() -> u32 {
     7 * 24 * 3600
+}
+
+fn default_max_message_bytes() -> ByteSize {
+    ByteSize(1 << 20)
+}
+
+fn default_sparkplug_max_names() -> u32 {
+    100_000
 }
 
 /// MQTT protocol version.

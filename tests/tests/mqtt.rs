@@ -910,6 +910,76 @@ async fn a_broker_that_drops_every_session_after_connack_gets_growing_pauses() {
     broker.abort();
 }
 
+/// `max_message_bytes` is a real bound. MQTT 5: the broker is told and drops larger messages
+/// itself; a message above the limit but within the packet headroom is a row without its bytes;
+/// delivery carries on. MQTT 3.1.1: a larger message is refused from its header, unread, and
+/// the status row says what to change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_above_max_message_bytes_are_refused_unread_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path()).await;
+    let publisher = Publisher::connect(broker.port, "test-publisher").await;
+    let mut rig = start_rig().await;
+    let config = source_config(
+        &broker.endpoint(),
+        "mqtt_version = \"5\"\nmax_message_bytes = \"1KiB\"",
+        &[r#"{ filter = "plant/#", qos = 1 }"#],
+    );
+    let worker = start_worker(&mut rig, &config).await;
+    publish_until_delivered(&rig, &publisher, "plant/ready").await;
+    publisher
+        .publish("plant/mid", QoS::AtLeastOnce, false, vec![b'm'; 4 << 10])
+        .await;
+    publisher
+        .publish("plant/big", QoS::AtLeastOnce, false, vec![b'b'; 300 << 10])
+        .await;
+    publisher
+        .publish("plant/after", QoS::AtLeastOnce, false, "after")
+        .await;
+    wait_rows_on(&rig, "plant/after", 1, Duration::from_secs(30)).await;
+    let mid = rows_on(&rig, "plant/mid");
+    assert_eq!(mid.len(), 1);
+    assert!(
+        text(&mid[0], "parse_error").contains("exceeds max_message_bytes (1024)")
+            && text(&mid[0], "payload").is_empty(),
+        "{}",
+        mid[0]
+    );
+    assert!(rows_on(&rig, "plant/big").is_empty(), "the broker keeps it");
+    assert!(
+        rig.events(SOURCE, "disconnected").is_empty(),
+        "the session stayed up"
+    );
+    assert!(rig.alive(worker));
+
+    // MQTT 3.1.1 cannot tell the broker: the client refuses the packet from its header.
+    let config = source_config(
+        &broker.endpoint(),
+        "client_id = \"small-311\"\nmax_message_bytes = \"1KiB\"",
+        &[r#"{ filter = "line/#", qos = 1 }"#],
+    );
+    let worker = start_worker(&mut rig, &config).await;
+    publish_until_delivered(&rig, &publisher, "line/ready").await;
+    publisher
+        .publish("line/big", QoS::AtLeastOnce, false, vec![b'b'; 300 << 10])
+        .await;
+    let row = rig
+        .wait_event(
+            SOURCE,
+            "disconnected",
+            "max_message_bytes",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(
+        text(&row, "detail").contains("refused unread")
+            && text(&row, "detail").contains("raise max_message_bytes"),
+        "{row}"
+    );
+    assert!(rows_on(&rig, "line/big").is_empty());
+    assert!(rig.alive(worker), "no crash loop");
+}
+
 // ---------------------------------------------------------------------------------------------
 // MQTT 5
 

@@ -37,7 +37,7 @@ impl Worker for Mqtt {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let plan = session::Plan::new(&source, &context.connector_id, &context.source_name)
             .map_err(|problems| context.invalid(problems))?;
-        let decoder = payload::Decoder::new(&source.topics);
+        let decoder = payload::Decoder::new(&source.topics, payload::Limits::of(&source));
         tracing::info!(source = %context.source_name, plan = ?plan, "Starting.");
         Ok(Self { plan, decoder })
     }

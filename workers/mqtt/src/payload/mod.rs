@@ -14,9 +14,25 @@ use iot_connector_proto::{Quality, Value};
 
 pub use sparkplug::Sessions;
 
-/// Payloads above this size are recorded without their bytes (with `parse_error` saying so):
-/// a row must stay well under Zerobus's per-record limit, and `binary` doubles in `value_str`.
-pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+/// What one source's messages may hold at most: the memory the decoder spends on them.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `max_message_bytes`: a larger payload is recorded without its bytes (with `parse_error`
+    /// saying so); the MQTT client refuses packets much larger before reading them.
+    pub max_payload_bytes: usize,
+    /// `sparkplug_max_names`.
+    pub sparkplug_max_names: usize,
+}
+
+impl Limits {
+    /// The source's limits.
+    pub fn of(source: &iot_connector_config::MqttSource) -> Self {
+        Self {
+            max_payload_bytes: usize::try_from(source.max_message_bytes.0).unwrap_or(usize::MAX),
+            sparkplug_max_names: usize::try_from(source.sparkplug_max_names).unwrap_or(usize::MAX),
+        }
+    }
+}
 
 /// One received message.
 #[derive(Debug, Clone, Copy)]
@@ -80,9 +96,10 @@ struct Route {
 
 /// Decodes the messages of one source; holds the Sparkplug B session state (aliases from births,
 /// expected sequence numbers) between messages.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Decoder {
     routes: Vec<Route>,
+    max_payload_bytes: usize,
     sparkplug: Sessions,
 }
 
@@ -98,7 +115,7 @@ pub fn format_name(format: PayloadFormat) -> &'static str {
 
 impl Decoder {
     /// A decoder for the configured subscriptions.
-    pub fn new(topics: &[MqttTopic]) -> Self {
+    pub fn new(topics: &[MqttTopic], limits: Limits) -> Self {
         let routes = topics
             .iter()
             .map(|t| Route {
@@ -110,7 +127,8 @@ impl Decoder {
             .collect();
         Self {
             routes,
-            sparkplug: Sessions::default(),
+            max_payload_bytes: limits.max_payload_bytes,
+            sparkplug: Sessions::new(limits.sparkplug_max_names),
         }
     }
 
@@ -123,7 +141,7 @@ impl Decoder {
         // A topic no filter matches can only come from a broker that ignores our subscriptions
         // (or overlapping session state); keep its bytes rather than guess a format.
         let format = route.map_or(PayloadFormat::Binary, |r| r.format);
-        if message.payload.len() > MAX_PAYLOAD_BYTES {
+        if message.payload.len() > self.max_payload_bytes {
             return Decoded {
                 items: vec![Item {
                     topic: message.topic.to_owned(),
@@ -133,8 +151,9 @@ impl Decoder {
                     payload: Vec::new(),
                     format: format_name(format),
                     parse_error: Some(format!(
-                        "payload of {} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit; its bytes are not stored",
-                        message.payload.len()
+                        "payload of {} bytes exceeds max_message_bytes ({}); its bytes are not stored",
+                        message.payload.len(),
+                        self.max_payload_bytes
                     )),
                 }],
                 gaps: Vec::new(),
@@ -258,6 +277,11 @@ pub fn filter_problem(filter: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    const LIMITS: Limits = Limits {
+        max_payload_bytes: 1 << 20,
+        sparkplug_max_names: 100_000,
+    };
+
     fn topic(filter: &str, payload: PayloadFormat) -> MqttTopic {
         MqttTopic {
             filter: filter.into(),
@@ -308,10 +332,13 @@ mod tests {
 
     #[test]
     fn the_first_matching_filter_decides_the_format() {
-        let mut decoder = Decoder::new(&[
-            topic("raw/#", PayloadFormat::Binary),
-            topic("#", PayloadFormat::Text),
-        ]);
+        let mut decoder = Decoder::new(
+            &[
+                topic("raw/#", PayloadFormat::Binary),
+                topic("#", PayloadFormat::Text),
+            ],
+            LIMITS,
+        );
         let raw = decoder.decode(&message("raw/x", b"\x01\x02"));
         assert_eq!(raw.items[0].value, Value::Bytes(vec![1, 2]));
         assert_eq!(raw.items[0].format, "binary");
@@ -323,7 +350,7 @@ mod tests {
 
     #[test]
     fn text_that_is_not_utf8_is_kept_raw_and_flagged() {
-        let mut decoder = Decoder::new(&[topic("#", PayloadFormat::Text)]);
+        let mut decoder = Decoder::new(&[topic("#", PayloadFormat::Text)], LIMITS);
         let item = &decoder.decode(&message("t", b"ok\xff")).items[0];
         assert_eq!(item.quality, Quality::Bad);
         assert_eq!(item.value, Value::Null);
@@ -333,8 +360,8 @@ mod tests {
 
     #[test]
     fn an_oversized_payload_is_recorded_without_its_bytes() {
-        let mut decoder = Decoder::new(&[topic("#", PayloadFormat::Binary)]);
-        let big = vec![0u8; MAX_PAYLOAD_BYTES + 1];
+        let mut decoder = Decoder::new(&[topic("#", PayloadFormat::Binary)], LIMITS);
+        let big = vec![0u8; LIMITS.max_payload_bytes + 1];
         let decoded = decoder.decode(&message("t", &big));
         assert_eq!(decoded.items.len(), 1);
         assert!(decoded.items[0].payload.is_empty());
@@ -352,13 +379,16 @@ mod tests {
         use proptest::prelude::*;
 
         fn decoder(format: PayloadFormat) -> Decoder {
-            Decoder::new(&[MqttTopic {
-                filter: "#".into(),
-                qos: 1,
-                payload: format,
-                value_path: Some("/a/0/b".into()),
-                timestamp_path: Some("/ts".into()),
-            }])
+            Decoder::new(
+                &[MqttTopic {
+                    filter: "#".into(),
+                    qos: 1,
+                    payload: format,
+                    value_path: Some("/a/0/b".into()),
+                    timestamp_path: Some("/ts".into()),
+                }],
+                LIMITS,
+            )
         }
 
         fn check(format: PayloadFormat, topic: &str, payload: &[u8]) {

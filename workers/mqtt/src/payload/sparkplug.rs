@@ -17,8 +17,10 @@
 //! for D-messages). Event time is the metric's timestamp, else the payload's, else the receive
 //! time. The raw payload is stored with the message's first record only.
 //!
-//! Everything here is untrusted input: memory is bounded by [`MAX_NODES`] and
-//! [`MAX_NAMES_PER_NODE`], and every number is converted without a panic.
+//! Everything here is untrusted input: memory is bounded by [`MAX_NODES`] and by the source's
+//! `sparkplug_max_names` (names and aliases remembered across all nodes; a birth beyond it is
+//! remembered in part and says so in its record's `parse_error`), and every number is
+//! converted without a panic.
 
 use std::collections::HashMap;
 
@@ -49,8 +51,6 @@ use tahu::{
 /// Edge nodes whose state is kept; messages of further nodes decode without alias resolution
 /// or gap detection.
 pub const MAX_NODES: usize = 10_000;
-/// Aliases and names remembered per edge node (births of a larger node are only partly kept).
-pub const MAX_NAMES_PER_NODE: usize = 1_000_000;
 
 const FORMAT: &str = "sparkplug_b";
 
@@ -143,12 +143,32 @@ struct Node {
 }
 
 /// The Sparkplug B state of every edge node seen, keyed by (group, node).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Sessions {
     nodes: HashMap<(String, String), Node>,
+    names: Names,
+}
+
+/// How many aliases and (device, name) datatypes all nodes' births left remembered, and how
+/// many they may.
+#[derive(Debug)]
+struct Names {
+    kept: usize,
+    max: usize,
 }
 
 impl Sessions {
+    /// No node seen yet; births remember at most `max_names` names and aliases in all.
+    pub fn new(max_names: usize) -> Self {
+        Self {
+            nodes: HashMap::new(),
+            names: Names {
+                kept: 0,
+                max: max_names,
+            },
+        }
+    }
+
     /// Decodes one message: one item per metric (at least one), and any sequence gap.
     pub fn decode(&mut self, message: &Message<'_>) -> Decoded {
         let topic = parse_topic(message.topic);
@@ -170,11 +190,14 @@ impl Sessions {
                 node,
                 device,
             }) => {
-                let mut state = self.node(group, node);
+                let mut state = node_state(&mut self.nodes, group, node);
                 if let Some(state) = state.as_deref_mut() {
-                    track(
-                        state, kind, &payload, group, node, device, &mut gaps, &mut notes,
-                    );
+                    let mut learned = Learned {
+                        names: &mut self.names,
+                        gaps: &mut gaps,
+                        notes: &mut notes,
+                    };
+                    track(state, kind, &payload, group, node, device, &mut learned);
                 }
                 (state, device)
             }
@@ -216,19 +239,29 @@ impl Sessions {
         }
         Decoded { items, gaps }
     }
+}
 
-    /// The node's state, created on first sight while there is room.
-    fn node(&mut self, group: &str, node: &str) -> Option<&mut Node> {
-        let key = (group.to_owned(), node.to_owned());
-        if !self.nodes.contains_key(&key) && self.nodes.len() >= MAX_NODES {
-            return None;
-        }
-        Some(self.nodes.entry(key).or_default())
+/// The node's state, created on first sight while there is room.
+fn node_state<'a>(
+    nodes: &'a mut HashMap<(String, String), Node>,
+    group: &str,
+    node: &str,
+) -> Option<&'a mut Node> {
+    let key = (group.to_owned(), node.to_owned());
+    if !nodes.contains_key(&key) && nodes.len() >= MAX_NODES {
+        return None;
     }
+    Some(nodes.entry(key).or_default())
+}
+
+/// What one message teaches beyond its records: names, gaps, notes for its `parse_error`.
+struct Learned<'a> {
+    names: &'a mut Names,
+    gaps: &'a mut Vec<Gap>,
+    notes: &'a mut Vec<String>,
 }
 
 /// Sequence tracking and birth learning for one message of a node.
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 fn track(
     state: &mut Node,
     kind: Kind,
@@ -236,13 +269,12 @@ fn track(
     group: &str,
     node: &str,
     device: Option<&str>,
-    gaps: &mut Vec<Gap>,
-    notes: &mut Vec<String>,
+    learned: &mut Learned<'_>,
 ) {
     let seq = match payload.seq.map(u8::try_from) {
         Some(Ok(seq)) => Some(seq),
         Some(Err(_)) => {
-            notes.push(format!(
+            learned.notes.push(format!(
                 "payload seq {} is outside 0..=255",
                 payload.seq.unwrap_or_default()
             ));
@@ -252,6 +284,10 @@ fn track(
     };
     match kind {
         Kind::NBirth => {
+            learned.names.kept = learned
+                .names
+                .kept
+                .saturating_sub(state.aliases.len() + state.datatypes.len());
             state.aliases.clear();
             state.datatypes.clear();
             state.next_seq = seq.map(|s| s.wrapping_add(1));
@@ -259,13 +295,13 @@ fn track(
         Kind::NDeath => state.next_seq = None,
         Kind::NData | Kind::DBirth | Kind::DData | Kind::DDeath => {
             if let Some(gap) = seq.and_then(|seq| check_seq(state, seq, group, node)) {
-                gaps.push(gap);
+                learned.gaps.push(gap);
             }
         }
         Kind::NCmd | Kind::DCmd => {}
     }
     if matches!(kind, Kind::NBirth | Kind::DBirth) {
-        learn(state, payload, device);
+        learn(state, payload, device, learned);
     }
 }
 
@@ -293,28 +329,44 @@ fn check_seq(state: &mut Node, seq: u8, group: &str, node: &str) -> Option<Gap> 
     })
 }
 
-fn learn(state: &mut Node, payload: &Payload, device: Option<&str>) {
+fn learn(state: &mut Node, payload: &Payload, device: Option<&str>, learned: &mut Learned<'_>) {
+    let names = &mut *learned.names;
+    let mut forgotten = 0_usize;
     for metric in &payload.metrics {
         let Some(name) = metric.name.as_ref().filter(|n| !n.is_empty()) else {
             continue;
         };
-        if state.aliases.len() + state.datatypes.len() >= MAX_NAMES_PER_NODE {
-            return;
-        }
         if let Some(alias) = metric.alias {
-            state.aliases.insert(
-                alias,
-                Declared {
-                    name: name.clone(),
-                    datatype: metric.datatype,
-                },
-            );
+            let declared = Declared {
+                name: name.clone(),
+                datatype: metric.datatype,
+            };
+            if let Some(known) = state.aliases.get_mut(&alias) {
+                *known = declared;
+            } else if names.kept < names.max {
+                state.aliases.insert(alias, declared);
+                names.kept += 1;
+            } else {
+                forgotten += 1;
+            }
         }
         if let Some(datatype) = metric.datatype {
-            state
-                .datatypes
-                .insert((device.map(str::to_owned), name.clone()), datatype);
+            let key = (device.map(str::to_owned), name.clone());
+            if let Some(known) = state.datatypes.get_mut(&key) {
+                *known = datatype;
+            } else if names.kept < names.max {
+                state.datatypes.insert(key, datatype);
+                names.kept += 1;
+            } else {
+                forgotten += 1;
+            }
         }
+    }
+    if forgotten > 0 {
+        learned.notes.push(format!(
+            "{forgotten} names and aliases of this birth are not remembered: the source's sparkplug_max_names ({}) is reached across all edge nodes; raise it, or their DATA messages decode without names",
+            names.max
+        ));
     }
 }
 
@@ -783,7 +835,7 @@ mod tests {
 
     #[test]
     fn births_then_data_with_aliases_decode_to_named_metrics() {
-        let mut sessions = Sessions::default();
+        let mut sessions = Sessions::new(100_000);
         let birth = decode(&mut sessions, "spBv1.0/plant/NBIRTH/edge1", &nbirth());
         assert_eq!(birth.items.len(), 4);
         assert_eq!(
@@ -869,7 +921,7 @@ mod tests {
 
     #[test]
     fn a_sequence_gap_is_reported_and_a_redelivery_is_not() {
-        let mut sessions = Sessions::default();
+        let mut sessions = Sessions::new(100_000);
         decode(
             &mut sessions,
             "spBv1.0/g/NBIRTH/n",
@@ -938,7 +990,7 @@ mod tests {
 
     #[test]
     fn an_alias_no_birth_declared_keeps_the_payload_and_says_why() {
-        let mut sessions = Sessions::default();
+        let mut sessions = Sessions::new(100_000);
         let bytes = payload(
             Some(9),
             None,
@@ -954,8 +1006,60 @@ mod tests {
     }
 
     #[test]
+    fn births_beyond_sparkplug_max_names_are_kept_in_part_and_say_so() {
+        // Each named metric with an alias and a datatype takes two of the four places.
+        let mut sessions = Sessions::new(4);
+        let birth = |names: &[&str]| {
+            let metrics = names
+                .iter()
+                .zip(1_u64..)
+                .map(|(name, alias)| {
+                    metric(
+                        Some(name),
+                        Some(alias),
+                        DataType::Int32,
+                        MetricValue::IntValue(1),
+                    )
+                })
+                .collect();
+            payload(Some(0), None, metrics)
+        };
+        let decoded = decode(
+            &mut sessions,
+            "spBv1.0/g/NBIRTH/a",
+            &birth(&["x", "y", "z"]),
+        );
+        let note = decoded.items[0].parse_error.as_deref().unwrap_or_default();
+        assert!(
+            note.contains("2 names and aliases of this birth are not remembered")
+                && note.contains("sparkplug_max_names (4)"),
+            "{note}"
+        );
+        let other = decode(&mut sessions, "spBv1.0/g/NBIRTH/b", &birth(&["w"]));
+        assert!(
+            other.items[0].parse_error.is_some(),
+            "the bound holds across nodes"
+        );
+        // A new birth of node a frees its places: node b's next birth is remembered whole.
+        decode(
+            &mut sessions,
+            "spBv1.0/g/NBIRTH/a",
+            &payload(Some(0), None, Vec::new()),
+        );
+        let again = decode(&mut sessions, "spBv1.0/g/NBIRTH/b", &birth(&["w"]));
+        assert_eq!(again.items[0].parse_error, None);
+        let data = payload(
+            Some(1),
+            None,
+            vec![by_alias(1, MetricValue::IntValue(5), None)],
+        );
+        let decoded = decode(&mut sessions, "spBv1.0/g/NDATA/b", &data);
+        assert_eq!(decoded.items[0].topic, "spBv1.0/g/NDATA/b/w");
+    }
+
+    #[test]
     fn a_new_nbirth_forgets_the_old_aliases() {
-        let mut sessions = Sessions::default();
+        let mut sessions = Sessions::new(100_000);
         decode(&mut sessions, "spBv1.0/g/NBIRTH/n", &nbirth());
         let rebirth = payload(
             Some(0),
@@ -1113,7 +1217,7 @@ mod tests {
             MetricValue::DoubleValue(1.0),
         );
         null.is_null = Some(true);
-        let mut sessions = Sessions::default();
+        let mut sessions = Sessions::new(100_000);
         let decoded = decode(
             &mut sessions,
             "spBv1.0/g/NDATA/n",
@@ -1126,7 +1230,7 @@ mod tests {
 
     #[test]
     fn garbage_deaths_and_state_messages_still_become_records() {
-        let mut sessions = Sessions::default();
+        let mut sessions = Sessions::new(100_000);
         let garbage = decode(&mut sessions, "spBv1.0/g/NDATA/n", b"\xff\xff\xff");
         assert_eq!(garbage.items.len(), 1);
         assert_eq!(garbage.items[0].quality, Quality::Bad);
@@ -1234,7 +1338,7 @@ mod tests {
                     1..8,
                 ),
             ) {
-                let mut sessions = Sessions::default();
+                let mut sessions = Sessions::new(100_000);
                 for (kind, seq, timestamp, metrics, corruption) in messages {
                     let topic = if kind.starts_with('D') {
                         format!("spBv1.0/g/{kind}/n/d")

@@ -13,10 +13,6 @@ use super::plan::Plan;
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Bound of one connection attempt (TCP, TLS and CONNACK).
 const CONNECT_TIMEOUT_S: u64 = 10;
-/// The largest packet MQTT allows: we take every message the broker has and decide about its
-/// size ourselves (`payload::MAX_PAYLOAD_BYTES`), so an oversized message is recorded instead
-/// of tearing down the connection forever (the broker would redeliver it on every reconnect).
-const MAX_PACKET_BYTES: u32 = 268_435_455;
 /// Requests (acks, subscribes) rumqttc queues for the event loop.
 const REQUEST_CAPACITY: usize = 1024;
 /// QoS 1/2 messages received and not yet acknowledged, at most: what a crash makes the broker
@@ -118,12 +114,26 @@ pub enum FailureKind {
     Tls,
     /// The broker sent something the MQTT client could not accept.
     Protocol,
+    /// The broker sent a message above `max_message_bytes`: refused unread, and redelivered at
+    /// every reconnect until the limit or the broker changes; retry slowly.
+    Oversize,
 }
 
 impl FailureKind {
     /// Whether only a change of configuration (here or on the broker) can fix it.
     pub fn is_configuration(self) -> bool {
-        matches!(self, Self::Refused | Self::Tls)
+        matches!(self, Self::Refused | Self::Tls | Self::Oversize)
+    }
+}
+
+/// A packet the client refused from its header: larger than the plan allows.
+fn oversize(packet_bytes: usize, plan: &Plan) -> Failure {
+    Failure {
+        kind: FailureKind::Oversize,
+        message: format!(
+            "the broker {} sent a message of {packet_bytes} bytes, above max_message_bytes ({} bytes): it was refused unread, which ends the connection, and the broker sends it again at every reconnect; raise max_message_bytes, or remove the message from the broker",
+            plan.broker, plan.max_message_bytes
+        ),
     }
 }
 
@@ -170,7 +180,7 @@ pub fn new(plan: &Plan) -> (Client, EventLoop) {
                 .set_keep_alive(KEEP_ALIVE)
                 .set_clean_session(plan.clean_session)
                 .set_manual_acks(true)
-                .set_max_packet_size(MAX_PACKET_BYTES as usize, 1 << 20)
+                .set_max_packet_size(plan.max_packet_bytes as usize, 1 << 20)
                 .set_transport(transport(plan));
             if let Some((user, password)) = &plan.login {
                 options.set_credentials(user, password);
@@ -189,7 +199,7 @@ pub fn new(plan: &Plan) -> (Client, EventLoop) {
                 .set_keep_alive(KEEP_ALIVE)
                 .set_clean_start(plan.clean_session)
                 .set_manual_acks(true)
-                .set_max_packet_size(Some(MAX_PACKET_BYTES))
+                .set_max_packet_size(Some(plan.max_packet_bytes))
                 .set_receive_maximum(Some(MAX_UNACKED))
                 .set_connection_timeout(CONNECT_TIMEOUT_S)
                 .set_transport(transport(plan));
@@ -576,6 +586,9 @@ fn classify4(error: &rumqttc::ConnectionError, plan: &Plan) -> Failure {
                 "the broker sent an unexpected acknowledgement for packet id {pkid}; reconnecting"
             ),
         },
+        E::MqttState(S::Deserialization(rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(
+            size,
+        ))) => oversize(*size, plan),
         E::MqttState(S::Deserialization(e)) => Failure {
             kind: FailureKind::Protocol,
             message: format!(
@@ -636,6 +649,9 @@ fn classify5(error: &rumqttc::v5::ConnectionError, plan: &Plan) -> Failure {
                 "the broker sent an unexpected acknowledgement for packet id {pkid}; reconnecting"
             ),
         },
+        E::MqttState(S::Deserialization(
+            rumqttc::v5::mqttbytes::Error::PayloadSizeLimitExceeded { pkt_size, .. },
+        )) => oversize(*pkt_size, plan),
         other => network(other, plan),
     }
 }

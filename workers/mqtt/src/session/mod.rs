@@ -471,6 +471,9 @@ impl Session {
             self.link.network.next_delay()
         };
         health().error(failure.message.clone());
+        if failure.kind == FailureKind::Oversize {
+            health().dropped("oversize", 1);
+        }
         if was_connected || self.link.reported != Some(failure.kind) {
             self.link.reported = Some(failure.kind);
             let detail = format!(

@@ -36,7 +36,17 @@ pub struct Plan {
     pub session_expiry_seconds: u32,
     /// Topic filters and their QoS, in configuration order.
     pub subscriptions: Vec<(String, u8)>,
+    /// `max_message_bytes`, for the operator's messages.
+    pub max_message_bytes: u64,
+    /// The largest packet the client reads: `max_message_bytes` and room for the topic and the
+    /// properties; a larger one is refused from its header, before it is read.
+    pub max_packet_bytes: u32,
 }
+
+/// Room in a packet beside its payload: a topic of up to 64 KiB, the packet id, properties.
+const PACKET_HEADROOM: u64 = 128 << 10;
+/// MQTT's largest packet (the remaining length's four bytes).
+const MQTT_MAX_PACKET: u64 = 268_435_455;
 
 impl std::fmt::Debug for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -138,6 +148,11 @@ impl Plan {
             clean_session: config.clean_session,
             version: config.mqtt_version,
             session_expiry_seconds: config.session_expiry_seconds,
+            max_message_bytes: config.max_message_bytes.0,
+            max_packet_bytes: u32::try_from(
+                (config.max_message_bytes.0 + PACKET_HEADROOM).min(MQTT_MAX_PACKET),
+            )
+            .unwrap_or(u32::MAX),
             subscriptions: config
                 .topics
                 .iter()
