@@ -264,3 +264,55 @@ async fn a_worker_sends_nothing_to_a_data_socket_of_another_user() {
     );
     impostor.kill().await.unwrap();
 }
+
+/// A client that keeps 64 idle connections to the HTTP listener open, opening a new one for
+/// each the listener closes, does not keep health probes out: every probe is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hoarding_idle_http_connections_does_not_keep_health_probes_out() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
+    let c = Connector::start(&iot_connector_tests::connector::modbus_source("plc1", 1502)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let hoarder = std::thread::spawn({
+        let (address, stop, opened) = (c.http.clone(), Arc::clone(&stop), Arc::clone(&opened));
+        move || {
+            let mut held: Vec<std::net::TcpStream> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                held.retain(|s| {
+                    let mut byte = [0u8; 1];
+                    match s.peek(&mut byte) {
+                        Ok(0) => false,
+                        Ok(_) => true,
+                        Err(e) => e.kind() == ErrorKind::WouldBlock,
+                    }
+                });
+                while held.len() < 64 {
+                    let Ok(stream) = std::net::TcpStream::connect(&address) else {
+                        break;
+                    };
+                    stream.set_nonblocking(true).unwrap();
+                    held.push(stream);
+                    opened.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    });
+    assert!(
+        wait_until(Duration::from_secs(10), || opened.load(Ordering::Relaxed)
+            >= 64)
+        .await
+    );
+    let probes = 50;
+    let answered =
+        tokio::task::block_in_place(|| (0..probes).filter(|_| c.get("/health").0 == 200).count());
+    stop.store(true, Ordering::Relaxed);
+    hoarder.join().unwrap();
+    assert_eq!(
+        answered, probes,
+        "health probes answered while 64 idle connections were held"
+    );
+}
