@@ -81,7 +81,7 @@ async fn a_restarted_worker_resumes_after_the_last_durable_seq() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_with_a_wrong_token_is_refused() {
-    let mut rig = Rig::builder().offline().start().await;
+    let mut rig = Rig::builder().offline().log_uplink().start().await;
     let mut settings = rig
         .uplink
         .grant("line1", Table::Mqtt, "count = 10\ntable = \"mqtt\"\n")
@@ -90,7 +90,22 @@ async fn a_worker_with_a_wrong_token_is_refused() {
     settings.token = iot_connector_ipc::new_token();
     rig.workers
         .push(start_worker(TEST_WORKER, settings).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = rig.uplink_log();
+    let refused = || {
+        std::fs::read_to_string(&log).is_ok_and(|text| {
+            text.contains("Refused a data connection")
+                && text.contains("wrong token for source \"line1\"")
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), refused).await,
+        "the uplink never refused the token: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        rig.workers_alive(),
+        "a refused worker keeps trying, it does not crash"
+    );
     rig.kill_all().await;
     let spool = rig.uplink.open_spool().unwrap();
     assert_eq!(spool.last_seq("line1").unwrap(), None);

@@ -98,7 +98,17 @@ async fn an_outage_of_zerobus_fills_the_spool_and_drains_when_it_returns() {
             == Some(20_000))
         .await
     );
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    // The uplink keeps trying (token requests answered 503, creates refused) and gets nothing
+    // through: a condition, not a fixed wait.
+    let tries = |rig: &Rig| {
+        let state = rig.zerobus().state();
+        state.oauth_calls() as u64 + state.creates_refused()
+    };
+    let before = tries(&rig);
+    assert!(
+        wait_until(Duration::from_secs(90), || tries(&rig) >= before + 3).await,
+        "the uplink stopped trying while Zerobus was down"
+    );
     assert_eq!(rig.zerobus().state().row_count(MQTT), 0);
 
     rig.zerobus().faults().update(|f| f.down = false);

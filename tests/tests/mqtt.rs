@@ -562,12 +562,18 @@ async fn killing_the_worker_during_a_qos1_burst_loses_no_message() {
 
 /// MQTT 5 acknowledges through rumqttc's request queue, and its window is the receive maximum
 /// the broker must respect. Debian's mosquitto 2.0.11 does not hold it once acks trickle in, so
-/// with this broker the duplicates are counted but not bounded by the worker's window.
+/// the bound is the worker's own: records not yet durable (the sink's window, 8,192) plus
+/// durable ones whose acknowledgement waits in the client's request queue (1,024).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_worker_during_an_mqtt5_qos1_burst_loses_no_message() {
+    const WORKER_BOUND: usize = 8192 + 1024;
     let (redelivered, replayed) = burst_with_a_crash(Crash::Worker, "5").await;
     println!(
         "MQTT 5 worker kill: {redelivered} messages redelivered by the broker, {replayed} rows replayed to Zerobus"
+    );
+    assert!(
+        redelivered <= WORKER_BOUND,
+        "{redelivered} duplicates exceed what the worker holds unacknowledged ({WORKER_BOUND})"
     );
 }
 

@@ -821,7 +821,20 @@ async fn a_server_offering_only_none_is_refused_when_sign_is_configured() {
         |rows| rows.len() >= 5,
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Refused for the reason that matters, not for any failure at all.
+    let row = rig
+        .wait_event(
+            "signed",
+            "disconnected",
+            "offers no endpoint with",
+            Duration::from_secs(60),
+        )
+        .await;
+    let detail = row["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("Sign") && detail.contains("refusing to connect with other security"),
+        "{detail}"
+    );
     assert!(
         rig.rows(Table::Opcua, "signed").is_empty(),
         "{:?}",

@@ -654,7 +654,7 @@ impl Worker {
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(failure) => {
-                    self.report(&failure);
+                    self.report(&failure).await;
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
@@ -798,16 +798,23 @@ impl Worker {
         Failure { kind, message }
     }
 
-    /// Health board always; the log when the message changes or once a minute.
-    fn report(&mut self, failure: &Failure) {
+    /// Health board always; a `disconnected` status row when the reason changes; the log then
+    /// and once a minute.
+    async fn report(&mut self, failure: &Failure) {
         health().set_connected(false);
         health().error(failure.message.clone());
-        let repeat = self
+        let same = self
             .last_report
             .as_ref()
-            .is_some_and(|(m, at)| *m == failure.message && at.elapsed() < Duration::from_secs(60));
-        if repeat {
+            .filter(|(m, _)| *m == failure.message)
+            .map(|(_, at)| *at);
+        if same.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
             return;
+        }
+        if same.is_none() {
+            self.sink
+                .status(StatusEvent::Disconnected, failure.message.clone(), 0)
+                .await;
         }
         self.last_report = Some((failure.message.clone(), Instant::now()));
         match failure.kind {
@@ -833,7 +840,7 @@ impl Worker {
                     Some(Event::Lost(code)) => self.on_lost(code).await,
                     Some(Event::Failed(code)) => {
                         let failure = self.failure(code, &self.source.endpoint.clone());
-                        self.report(&failure);
+                        self.report(&failure).await;
                     }
                     ended @ (Some(Event::Ended(_)) | None) => {
                         let code = match ended { Some(Event::Ended(code)) => code, _ => StatusCode::BadUnexpectedError };
