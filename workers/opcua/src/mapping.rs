@@ -363,4 +363,80 @@ mod tests {
         // Info bits on a Good code do not make it less good.
         assert_eq!(quality(StatusCode::GoodOverload), Quality::Good);
     }
+
+    /// Whatever a server sends (any variant, nested or in arrays, any status code and
+    /// timestamps), the value maps to one record without a panic, and what becomes JSON text
+    /// is valid JSON.
+    mod never_panics {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn scalar() -> impl Strategy<Value = Variant> {
+            prop_oneof![
+                Just(Variant::Empty),
+                any::<bool>().prop_map(Variant::Boolean),
+                any::<i8>().prop_map(Variant::SByte),
+                any::<i64>().prop_map(Variant::Int64),
+                any::<u64>().prop_map(Variant::UInt64),
+                any::<f32>().prop_map(Variant::Float),
+                any::<f64>().prop_map(Variant::Double),
+                ".{0,24}".prop_map(|s| Variant::String(UAString::from(s))),
+                proptest::collection::vec(any::<u8>(), 0..48)
+                    .prop_map(|b| Variant::ByteString(ByteString::from(b))),
+                any::<i64>().prop_map(|t| Variant::DateTime(Box::new(DateTime::from(t)))),
+                any::<u32>().prop_map(|c| Variant::StatusCode(StatusCode::from(c))),
+                (any::<u16>(), ".{0,12}").prop_map(|(ns, n)| Variant::QualifiedName(Box::new(
+                    QualifiedName::new(ns, n)
+                ))),
+                (any::<u16>(), any::<u32>())
+                    .prop_map(|(ns, id)| Variant::NodeId(Box::new(NodeId::new(ns, id)))),
+                ".{0,12}"
+                    .prop_map(|t| Variant::LocalizedText(Box::new(LocalizedText::new("", &t)))),
+            ]
+        }
+
+        fn variant() -> impl Strategy<Value = Variant> {
+            scalar().prop_recursive(3, 48, 8, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(any::<f64>(), 0..8).prop_map(Variant::from),
+                    proptest::collection::vec(any::<i32>(), 0..8).prop_map(Variant::from),
+                    proptest::collection::vec(inner.clone(), 0..6).prop_map(|values| {
+                        // An array of variants holds each element boxed as a variant.
+                        let boxed = values.into_iter().map(|v| Variant::Variant(Box::new(v)));
+                        Variant::from((VariantScalarTypeId::Variant, boxed.collect::<Vec<_>>()))
+                    }),
+                    inner.prop_map(|v| Variant::Variant(Box::new(v))),
+                ]
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn any_value_maps_to_one_record_and_structures_to_valid_json(
+                value in variant(),
+                status in any::<u32>(),
+                source in proptest::option::of(any::<i64>()),
+                server in proptest::option::of(any::<i64>()),
+            ) {
+                let mapped = Mapper::default().map(
+                    DataValue {
+                        value: Some(value),
+                        status: Some(StatusCode::from(status)),
+                        source_timestamp: source.map(DateTime::from),
+                        server_timestamp: server.map(DateTime::from),
+                        ..Default::default()
+                    },
+                    7,
+                );
+                if let Value::Json(text) = &mapped.value {
+                    prop_assert!(
+                        serde_json::from_str::<serde_json::Value>(text).is_ok(),
+                        "not JSON: {}", text
+                    );
+                }
+                prop_assert_eq!(mapped.status_code, status);
+            }
+        }
+    }
 }
