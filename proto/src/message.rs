@@ -7,7 +7,7 @@ use crate::{Record, Table};
 
 /// Bumped on any change to [`Message`] or the types it carries. Every connection starts with a
 /// [`Message::Hello`]; a peer with another version is refused before anything else is read.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Which kind of process is speaking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
@@ -328,6 +328,9 @@ pub struct UplinkReport {
     pub ack_latency_sum_ms: f64,
     /// The last problem, for `status` and `/health`.
     pub last_error: Option<String>,
+    /// A problem that stays until an operator deals with it (a damaged spool file moved
+    /// aside): `/health` is `degraded` while it lasts.
+    pub needs_attention: Option<String>,
 }
 
 /// Upper bounds (ms) of the ingestion latency histogram buckets; the last bucket is +Inf.
@@ -442,7 +445,7 @@ mod tests {
 
     /// Every released protocol version with the number of tables (and so of `Detail` variants a
     /// `Record` can carry) it was released with.
-    const RELEASED: &[(u16, usize)] = &[(2, 4), (3, 4)];
+    const RELEASED: &[(u16, usize)] = &[(2, 4), (3, 4), (4, 4)];
 
     #[test]
     fn a_new_table_comes_with_a_new_protocol_version() {

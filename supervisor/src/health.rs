@@ -1,7 +1,8 @@
 //! `GET /health`, as the README promises it to load balancers: 200 while the supervisor and the
 //! uplink run and the spool accepts writes, 503 otherwise. `degraded` (still 200) when a source
-//! failed or has been without a connection for longer than `[http] degraded_after`: one bad PLC
-//! must not take the host out of a load balancer, and must not hide either.
+//! failed or has been without a connection for longer than `[http] degraded_after`, or while the
+//! uplink reports something an operator must deal with (a damaged spool file it moved aside):
+//! one bad PLC must not take the host out of a load balancer, and must not hide either.
 
 use iot_connector_proto::SourceState;
 use serde_json::{Value, json};
@@ -41,6 +42,8 @@ pub fn health(board: &Board) -> (u16, Value) {
                 || e.not_connected_for()
                     .is_some_and(|d| d > board.degraded_after))
     });
+    let attention = uplink.as_ref().and_then(|u| u.needs_attention.clone());
+    let troubled = troubled || attention.is_some();
     let status = match (accepting, troubled) {
         (false, _) => "unhealthy",
         (true, true) => "degraded",
@@ -55,6 +58,7 @@ pub fn health(board: &Board) -> (u16, Value) {
             "oldest_unacked_seconds": uplink.as_ref().map_or(0.0, |u| u.oldest_unacked_seconds),
             "accepting": accepting,
             "last_error": snapshot.get(UPLINK).and_then(|e| e.last_error()),
+            "needs_attention": attention,
         },
         "sources": sources,
     });

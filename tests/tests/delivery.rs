@@ -526,3 +526,83 @@ async fn a_configured_proxy_carries_both_the_token_request_and_the_stream() {
     assert!(opened >= 2, "{opened} tunnels through the proxy");
     rig.stop().await;
 }
+
+/// A spool file cut short on disk (a failing disk, a full filesystem under another tool, a bad
+/// restore) does not crash-loop the uplink: the file is moved aside, a fresh spool starts, and
+/// a status row says what was lost and where the file is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_spool_file_is_moved_aside_and_a_fresh_spool_starts() {
+    let zerobus = start_emulator().await.unwrap();
+    zerobus.faults().update(|f| f.down = true);
+    let mut rig = Rig::builder().emulator(zerobus).start().await;
+    let acked = start_line1(&mut rig, 3_000).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || read_acked(&acked)
+            == Some(3_000))
+        .await
+    );
+    // The row count next to the spool is written with every heartbeat.
+    let count_file = rig.dir.path().join("spool/spool.rows");
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(
+            &count_file
+        )
+        .is_ok_and(|t| t.trim().parse::<u64>().is_ok_and(|n| n >= 3_000)))
+        .await
+    );
+    rig.kill_all().await;
+    rig.uplink.process.kill().await;
+    let spool = rig.dir.path().join("spool/spool.redb");
+    let len = std::fs::metadata(&spool).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&spool)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+
+    rig.zerobus().faults().update(|f| f.down = false);
+    rig.uplink.kill_and_restart().await.unwrap();
+    let row = rig
+        .wait_event("_uplink", "dropped", "moved aside", Duration::from_secs(60))
+        .await;
+    let detail = row["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("did not open (DB corrupted") && detail.contains("rows when last counted"),
+        "{detail}"
+    );
+    let rows: u64 = detail
+        .split(" rows when last counted")
+        .next()
+        .and_then(|head| head.rsplit(", ").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(rows >= 3_000, "{detail}");
+    let aside: Vec<_> = std::fs::read_dir(rig.dir.path().join("spool"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("spool.redb.damaged-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "the damaged file is kept for inspection");
+    // The fresh spool takes and forwards new records.
+    let acked = rig.dir.path().join("line2.acked");
+    let config = format!(
+        "count = 500\ntable = \"mqtt\"\nacked_file = {:?}\n",
+        acked.display().to_string()
+    );
+    rig.test_worker("line2", Table::Mqtt, &config).await;
+    let expected = expected_ids("line2", 500);
+    let ids = wait_for_ids(
+        rig.zerobus().state(),
+        MQTT,
+        &expected,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(expected.is_subset(&ids), "the fresh spool forwards");
+    rig.stop().await;
+}

@@ -948,3 +948,63 @@ async fn a_command_without_access_says_permission_denied() {
         "{stderr}"
     );
 }
+
+/// A spool file overwritten on disk is moved aside at the next start, and `/health` stays
+/// `degraded`, naming the file, until an operator removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_spool_keeps_health_degraded_until_the_operator_removes_it() {
+    let mut c = Connector::start(&modbus_source("plc1", 1502)).await;
+    let spool_dir = c.dir.path().join("state/spool");
+    assert!(
+        c.wait_for(Duration::from_secs(30), |_| spool_dir
+            .join("spool.rows")
+            .exists())
+            .await
+    );
+    kill(c.process.id().unwrap() as i32, Signal::SIGKILL);
+    let _ = c.process.wait().await;
+    assert!(
+        c.wait_for(Duration::from_secs(10), |c| c.children().is_empty())
+            .await,
+        "the children die with the supervisor"
+    );
+    let spool = spool_dir.join("spool.redb");
+    let mut bytes = std::fs::read(&spool).unwrap();
+    bytes.iter_mut().take(64).for_each(|b| *b ^= 0xff);
+    std::fs::write(&spool, bytes).unwrap();
+
+    c.rerun().await;
+    let attention = |c: &Connector| {
+        let (_, health) = c.health();
+        (health["status"] == "degraded")
+            .then(|| {
+                health["uplink"]["needs_attention"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .flatten()
+    };
+    assert!(
+        c.wait_for(Duration::from_secs(30), |c| attention(c).is_some())
+            .await,
+        "{}",
+        c.health().1
+    );
+    let text = attention(&c).unwrap();
+    let aside: Vec<_> = std::fs::read_dir(&spool_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains("spool.redb.damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert!(text.contains(&aside[0].display().to_string()), "{text}");
+    std::fs::remove_file(&aside[0]).unwrap();
+    assert!(
+        c.wait_for(Duration::from_secs(30), |c| c.health().1["status"]
+            == "healthy")
+            .await,
+        "{}",
+        c.health().1
+    );
+}

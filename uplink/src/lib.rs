@@ -61,7 +61,8 @@ pub fn start_rows(
     }
 }
 
-fn row_about(
+/// One status row about `source`, encoded for the status table.
+pub fn row_about(
     connector_id: &str,
     source: &str,
     at_us: i64,

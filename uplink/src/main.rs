@@ -77,6 +77,14 @@ async fn serve() -> Result<(), UplinkError> {
     let settings = reader.expect(expect::UPLINK_CONFIG).await?;
     let (hub, listener, shared) = start(&settings)?;
     hub.started(iot_connector_uplink::UPLINK_SOURCE, &settings.start);
+    if let Some(aside) = shared.spool.set_aside() {
+        hub.status(
+            iot_connector_uplink::UPLINK_SOURCE,
+            iot_connector_proto::StatusEvent::Dropped,
+            aside.describe(),
+            aside.rows.unwrap_or(0),
+        );
+    }
     writer.send(&Message::Ready).await?;
     tokio::spawn(heartbeats(writer, Arc::clone(&shared)));
     tokio::spawn(Arc::clone(&hub).serve(listener));

@@ -11,7 +11,7 @@ use iot_connector_ipc::{
     LogGate, PeerIdentity, expect, handshake, tokens_match,
 };
 use iot_connector_proto::{
-    Detail, Message, Record, Role, SourceGrant, Start, Table, table::encode_row,
+    Detail, Message, Record, Role, SourceGrant, Start, StatusEvent, Table, table::encode_row,
 };
 use tokio::sync::{OwnedSemaphorePermit, mpsc as channel, oneshot};
 
@@ -81,13 +81,23 @@ impl Hub {
 
     /// Writes the status rows of a process start (a grant's, or the uplink's own).
     pub fn started(&self, source: &str, start: &Start) {
-        let rows = crate::start_rows(&self.connector_id, source, start);
+        self.write_status(source, crate::start_rows(&self.connector_id, source, start));
+    }
+
+    /// Records one event of `source` (the uplink's own, say) in the status table.
+    pub fn status(&self, source: &str, event: StatusEvent, detail: String, count: u64) {
+        let now = iot_connector_proto::now_us();
+        let row = crate::row_about(&self.connector_id, source, now, event, detail, count);
+        self.write_status(source, vec![row]);
+    }
+
+    fn write_status(&self, source: &str, rows: Vec<Vec<u8>>) {
         if lock(&self.routes)
             .writer
             .send(WriterRequest::Status(rows))
             .is_err()
         {
-            tracing::warn!(source = %source, "The spool writer is gone; a start was not recorded.");
+            tracing::warn!(source = %source, "The spool writer is gone; a status row was not recorded.");
         }
     }
 

@@ -318,10 +318,60 @@ pub struct SpoolStats {
 pub struct Spool {
     // Writers and readers take the read side; compaction, which needs the database alone, the write side.
     db: RwLock<Database>,
+    dir: PathBuf,
     key: Option<SealKey>,
     epoch: u32,
     max_bytes: u64,
     policy: SpoolPolicy,
+    set_aside: Option<SetAside>,
+}
+
+/// A spool file that did not open at start (truncated, overwritten, not a spool at all) and was
+/// moved aside so that the uplink starts with a fresh one instead of crash-looping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAside {
+    /// Where the damaged file is now.
+    pub path: PathBuf,
+    /// Its size.
+    pub bytes: u64,
+    /// Why it did not open.
+    pub reason: String,
+    /// The rows it held when they were last counted (a second or so before it broke), if known.
+    pub rows: Option<u64>,
+}
+
+impl SetAside {
+    /// The status row's and the log's sentence.
+    pub fn describe(&self) -> String {
+        let rows = self.rows.map_or_else(
+            || "an unknown number of rows".to_owned(),
+            |rows| format!("{rows} rows when last counted"),
+        );
+        format!(
+            "the spool file did not open ({}) and was moved aside to {} ({} bytes, {rows}): those rows could not be read and are not forwarded; inspect the file, then delete it to clear this",
+            self.reason,
+            self.path.display(),
+            self.bytes
+        )
+    }
+}
+
+/// The file name prefix of a spool moved aside.
+const SET_ASIDE_PREFIX: &str = "spool.redb.damaged-";
+/// The row count written next to the spool with every heartbeat, for [`SetAside::rows`].
+const ROW_COUNT_FILE: &str = "spool.rows";
+
+/// Whether redb could not open the file because of what is in it (rather than permissions or
+/// another process holding it).
+fn damaged(error: &redb::DatabaseError) -> bool {
+    match error {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => true,
+        redb::DatabaseError::Storage(redb::StorageError::Io(e)) => matches!(
+            e.kind(),
+            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
 }
 
 /// The full policy's verdict on one batch.
@@ -357,7 +407,29 @@ impl Spool {
         let io_err = |e| open_err(redb::DatabaseError::Storage(redb::StorageError::Io(e)));
         fs::create_dir_all(dir).map_err(io_err)?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err)?;
-        let db = Database::create(&path).map_err(open_err)?;
+        let (db, set_aside) = match Database::create(&path) {
+            Ok(db) => (db, None),
+            Err(e) if damaged(&e) => {
+                let bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                let rows = fs::read_to_string(dir.join(ROW_COUNT_FILE))
+                    .ok()
+                    .and_then(|text| text.trim().parse().ok());
+                let aside = dir.join(format!(
+                    "{SET_ASIDE_PREFIX}{}",
+                    iot_connector_proto::now_us() / 1_000_000
+                ));
+                fs::rename(&path, &aside).map_err(io_err)?;
+                let set_aside = SetAside {
+                    path: aside,
+                    bytes,
+                    reason: e.to_string(),
+                    rows,
+                };
+                tracing::error!("{}", set_aside.describe());
+                (Database::create(&path).map_err(open_err)?, Some(set_aside))
+            }
+            Err(e) => return Err(open_err(e)),
+        };
         // A spool made by an earlier release under a wider umask is narrowed too.
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(io_err)?;
         let txn = db.begin_write()?;
@@ -424,11 +496,42 @@ impl Spool {
         txn.commit()?;
         Ok(Self {
             db: RwLock::new(db),
+            dir: dir.to_owned(),
             key,
             epoch,
             max_bytes,
             policy,
+            set_aside,
         })
+    }
+
+    /// The spool file this start moved aside, if it did.
+    pub fn set_aside(&self) -> Option<&SetAside> {
+        self.set_aside.as_ref()
+    }
+
+    /// Damaged spool files moved aside (by this start or an earlier one) that are still there:
+    /// an operator has not dealt with them yet.
+    pub fn set_aside_files(&self) -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| {
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(SET_ASIDE_PREFIX))
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    /// Notes how many rows the spool holds, next to it, so that a file damaged later can say
+    /// how many rows it took with it. Best effort: a failure costs only that number.
+    pub fn note_row_count(&self, rows: u64) {
+        let _ = fs::write(self.dir.join(ROW_COUNT_FILE), format!("{rows}\n"));
     }
 
     fn with_db<T>(

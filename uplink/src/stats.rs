@@ -125,6 +125,13 @@ impl Stats {
             })
             .min()
             .map_or(0.0, |oldest| (now - oldest).max(0) as f64 / 1e6);
+        spool.note_row_count(spool_rows.iter().sum());
+        let needs_attention = spool.set_aside_files().first().map(|file| {
+            format!(
+                "a spool file that did not open was moved aside to {}: its rows are not forwarded; inspect it, then delete it to clear this",
+                file.display()
+            )
+        });
         let (ack_latency_counts, ack_latency_sum_ms) = lock(&self.latency).clone();
         UplinkReport {
             accepting: spool_stats.is_ok()
@@ -149,6 +156,7 @@ impl Stats {
             ack_latency_counts,
             ack_latency_sum_ms,
             last_error: lock(&self.last_error).clone(),
+            needs_attention,
         }
     }
 }
