@@ -1008,3 +1008,119 @@ async fn a_damaged_spool_keeps_health_degraded_until_the_operator_removes_it() {
         c.health().1
     );
 }
+
+/// The spool's filesystem fills up: commits fail cleanly, `/health` says 503 with the reason, no
+/// record is acknowledged that is not stored, and writing resumes by itself once there is room.
+/// Needs root to mount a small tmpfs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_acknowledgements_and_writing_resumes_when_space_returns() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: mounting a small filesystem needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m,mode=0750", "tmpfs"])
+        .arg(&state)
+        .status()
+        .expect("mount runs");
+    assert!(mounted.success(), "mount a tmpfs at {}", state.display());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(state.clone());
+    let bins = dir.path().join("bin");
+    std::fs::create_dir_all(&bins).unwrap();
+    std::os::unix::fs::symlink(
+        bin("iot-connector-uplink"),
+        bins.join("iot-connector-uplink"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        bin("iot-connector-testworker"),
+        bins.join("iot-connector-modbus"),
+    )
+    .unwrap();
+    let http = format!("127.0.0.1:{}", iot_connector_tests::free_port());
+    let config = config_text(dir.path(), &http, &modbus_source("plc1", 1502));
+    let c = Connector::launch(dir, http, &config);
+    let written = |c: &Connector| -> u64 {
+        let (_, body) = c.get("/metrics");
+        body.lines()
+            .find(|l| l.starts_with("iot_connector_records_written_total{source=\"plc1\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        c.wait_for(Duration::from_secs(30), |c| written(c) > 0)
+            .await
+    );
+
+    // Everything but a few KiB taken by another file.
+    let filler = state.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    assert!(
+        c.wait_for(Duration::from_secs(60), |c| {
+            let (status, health) = c.health();
+            status == 503
+                && health["uplink"]["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("spool commit failed"))
+        })
+        .await,
+        "{}",
+        c.health().1
+    );
+    let stuck = written(&c);
+    std::fs::remove_file(&filler).unwrap();
+    assert!(
+        c.wait_for(Duration::from_secs(60), |c| c.get("/health").0 == 200
+            && written(c) > stuck)
+            .await,
+        "writing did not resume: {} written, {}",
+        written(&c),
+        c.health().1
+    );
+
+    // Stop, then count: every stored record of plc1 once, none missing below the last one.
+    let (code, _) = c.command(&["stop", "plc1"]);
+    assert_eq!(code, 0);
+    kill(c.process.id().unwrap() as i32, Signal::SIGTERM);
+    assert!(
+        c.wait_for(Duration::from_secs(30), |c| c.children().is_empty())
+            .await
+    );
+    let spool = iot_connector_uplink::spool::Spool::open(
+        &state.join("spool"),
+        Some(
+            iot_connector_uplink::spool::SealKey::load_or_create(&state.join("keys/spool.key"))
+                .unwrap(),
+        ),
+        u64::MAX,
+        iot_connector_proto::SpoolPolicy::Block,
+    )
+    .unwrap();
+    let last = spool.last_seq("plc1").unwrap().unwrap();
+    let modbus = iot_connector_proto::Table::ALL
+        .iter()
+        .position(|t| *t == iot_connector_proto::Table::Modbus)
+        .unwrap();
+    assert_eq!(
+        spool.stats().unwrap().rows[modbus],
+        last,
+        "rows 1..={last}, each once"
+    );
+}

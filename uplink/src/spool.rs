@@ -138,6 +138,9 @@ pub enum SpoolError {
     /// The thread running a spool operation failed.
     #[error("spool operation failed: {0}")]
     Task(String),
+    /// The file was closed after an I/O error and has not opened again yet.
+    #[error("spool {0} is closed after an I/O error and not open again yet")]
+    Closed(PathBuf),
 }
 
 macro_rules! storage_from {
@@ -316,8 +319,9 @@ pub struct SpoolStats {
 /// The spool. Safe to share between the writer and the forwarders.
 #[derive(Debug)]
 pub struct Spool {
-    // Writers and readers take the read side; compaction, which needs the database alone, the write side.
-    db: RwLock<Database>,
+    // Writers and readers take the read side; compaction and reopening, which need the database
+    // alone, the write side. `None` between closing after an I/O error and opening again.
+    db: RwLock<Option<Database>>,
     dir: PathBuf,
     key: Option<SealKey>,
     epoch: u32,
@@ -495,7 +499,7 @@ impl Spool {
         }
         txn.commit()?;
         Ok(Self {
-            db: RwLock::new(db),
+            db: RwLock::new(Some(db)),
             dir: dir.to_owned(),
             key,
             epoch,
@@ -542,7 +546,27 @@ impl Spool {
             .db
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&db)
+        match &*db {
+            Some(db) => f(db),
+            None => Err(SpoolError::Closed(self.dir.join("spool.redb"))),
+        }
+    }
+
+    /// After an I/O error (a full disk, a failed fsync) redb refuses every later transaction
+    /// until the file is opened again: closes it and opens it again, at its last durable
+    /// commit. Until that succeeds every operation fails with [`SpoolError::Closed`]; call
+    /// again later.
+    pub fn reopen(&self) -> Result<(), SpoolError> {
+        let path = self.dir.join("spool.redb");
+        let mut db = self
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The old handle holds the file's lock: it goes first.
+        drop(db.take());
+        let opened = Database::create(&path).map_err(|source| SpoolError::Open { path, source })?;
+        *db = Some(opened);
+        Ok(())
     }
 
     fn seal(&self, table: Table, position: u64, row: &[u8]) -> Vec<u8> {
@@ -826,7 +850,10 @@ impl Spool {
             .db
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Ok(db.compact()?)
+        match db.as_mut() {
+            Some(db) => Ok(db.compact()?),
+            None => Err(SpoolError::Closed(self.dir.join("spool.redb"))),
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::{
     time::Duration,
 };
 
+use iot_connector_ipc::{Backoff, LogGate};
 use iot_connector_proto::{SpoolPolicy, StatusEvent, Table};
 use tokio::sync::{Notify, oneshot};
 
@@ -19,8 +20,11 @@ use crate::{
 
 /// Batches per commit at most, so that one commit's latency stays bounded.
 const MAX_GROUP: usize = 256;
-/// How often a `block`ed group retries while the spool is full.
+/// How often a `block`ed group retries while the spool is full; the first pause after a failed
+/// commit.
 const BLOCKED_RETRY: Duration = Duration::from_millis(50);
+/// The longest pause between attempts while commits fail (a full disk, a failing device).
+const FAILED_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// A request to the writer thread.
 #[derive(Debug)]
@@ -66,6 +70,8 @@ pub fn run(
         other => other,
     };
     let mut pending: VecDeque<WriterRequest> = VecDeque::new();
+    let mut failures = LogGate::default();
+    let mut retry = Backoff::new(BLOCKED_RETRY, FAILED_RETRY_MAX);
     loop {
         if pending.is_empty() {
             match requests.recv() {
@@ -79,9 +85,24 @@ pub fn run(
                 Err(_) => break,
             }
         }
-        let blocked = commit_group(&spool, &mut pending, &status_row, &stats);
+        let outcome = commit_group(&spool, &mut pending, &status_row, &stats, &mut failures);
         committed.notify_waiters();
-        if blocked {
+        if outcome == Group::Failed {
+            // redb takes no transaction after an I/O error until the file is opened again;
+            // the refused batches come back from their workers meanwhile.
+            if let Err(e) = spool.reopen()
+                && let Some(suppressed) = failures.open(tokio::time::Instant::now())
+            {
+                tracing::error!(error = %e, suppressed, "Cannot open the spool again yet.");
+            }
+            std::thread::sleep(retry.next_delay());
+            while let Ok(request) = requests.try_recv() {
+                pending.push_back(own(request));
+            }
+            continue;
+        }
+        retry.reset();
+        if outcome == Group::Blocked {
             // `block` policy and the spool is full: wait for the forwarder to free space, then
             // retry the same group, in order, before anything newer.
             std::thread::sleep(BLOCKED_RETRY);
@@ -92,14 +113,26 @@ pub fn run(
     }
 }
 
-/// Commits the appends at the front of `pending` up to the first barrier, answers that barrier,
-/// and returns whether the spool refused some batches for lack of room.
+/// What became of one group.
+#[derive(Debug, PartialEq, Eq)]
+enum Group {
+    /// Committed, its barrier answered.
+    Done,
+    /// The spool is full under `block`: some batches wait for room.
+    Blocked,
+    /// The commit failed: every batch was refused.
+    Failed,
+}
+
+/// Commits the appends at the front of `pending` up to the first barrier and answers that
+/// barrier.
 fn commit_group(
     spool: &Spool,
     pending: &mut VecDeque<WriterRequest>,
     status_row: &dyn Fn(u64, SpoolPolicy) -> Vec<u8>,
     stats: &Stats,
-) -> bool {
+    failures: &mut LogGate,
+) -> Group {
     let appends = pending
         .iter()
         .take_while(|r| matches!(r, WriterRequest::Append(..)))
@@ -131,24 +164,30 @@ fn commit_group(
                 (outcome.committed, None)
             }
             Err(e) => {
-                tracing::error!(error = %e, "Spool commit failed; batches are refused and will be re-sent.");
+                if let Some(suppressed) = failures.open(tokio::time::Instant::now()) {
+                    tracing::error!(error = %e, suppressed, "Spool commit failed; batches are refused and will be re-sent.");
+                }
                 stats.commit_failed(format!("spool commit failed: {e}"));
                 (appends, Some(e.to_string()))
             }
         }
     };
+    let failed = failure.is_some();
     for request in pending.drain(..committed) {
         if let WriterRequest::Append(_, done) = request {
             let _ = done.send(failure.clone().map_or(Ok(()), Err));
         }
     }
+    if failed {
+        return Group::Failed;
+    }
     if committed < appends {
-        return true;
+        return Group::Blocked;
     }
     if matches!(pending.front(), Some(WriterRequest::Barrier(..)))
         && let Some(WriterRequest::Barrier(source, reply)) = pending.pop_front()
     {
         let _ = reply.send(spool.last_seq(&source).map_err(|e| e.to_string()));
     }
-    false
+    Group::Done
 }

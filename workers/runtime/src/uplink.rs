@@ -92,6 +92,7 @@ impl Sink {
             permits: Arc::clone(&window),
             acked: acked_tx,
             backoff,
+            lost_log: LogGate::default(),
         };
         tokio::spawn(client.run(connection));
         Self {
@@ -257,7 +258,8 @@ impl Link {
         loop {
             match self.connect().await {
                 Ok(connected) => {
-                    backoff.reset();
+                    // The pauses start again once the connection has also stayed up.
+                    backoff.connected();
                     return connected;
                 }
                 Err(e) => {
@@ -297,6 +299,7 @@ struct Client {
     permits: Arc<Semaphore>,
     acked: watch::Sender<Option<u64>>,
     backoff: Backoff,
+    lost_log: LogGate,
 }
 
 impl Client {
@@ -330,7 +333,14 @@ impl Client {
                         connection = None;
                     }
                     Some(Err(e)) => {
-                        tracing::warn!(source = %self.link.source, error = %e, "Lost the uplink; will resend the unacknowledged window.");
+                        if let Some(suppressed) = self.lost_log.open(Instant::now()) {
+                            tracing::warn!(source = %self.link.source, error = %e, suppressed, "Lost the uplink; will resend the unacknowledged window.");
+                        }
+                        if matches!(e, IpcError::Refused(_)) {
+                            // The spool refused (a full disk, a failing device): give it time
+                            // instead of resending the window at once, again and again.
+                            tokio::time::sleep(self.backoff.next_delay()).await;
+                        }
                         connection = None;
                     }
                     None => connection = None,
