@@ -328,7 +328,21 @@ pub struct Spool {
     max_bytes: u64,
     policy: SpoolPolicy,
     set_aside: Option<SetAside>,
+    opener: OpenFile,
 }
+
+/// The spool's [`Opener`], kept for reopening.
+struct OpenFile(Box<Opener>);
+
+impl std::fmt::Debug for OpenFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OpenFile")
+    }
+}
+
+/// Opens (or creates) the database file: [`Database::create`], or in tests a storage layer that
+/// fails on purpose.
+pub(crate) type Opener = dyn Fn(&Path) -> Result<Database, redb::DatabaseError> + Send + Sync;
 
 /// A spool file that did not open at start (truncated, overwritten, not a spool at all) and was
 /// moved aside so that the uplink starts with a fresh one instead of crash-looping.
@@ -403,6 +417,23 @@ impl Spool {
         max_bytes: u64,
         policy: SpoolPolicy,
     ) -> Result<Self, SpoolError> {
+        Self::open_with(
+            dir,
+            key,
+            max_bytes,
+            policy,
+            Box::new(|path| Database::create(path)),
+        )
+    }
+
+    /// [`Spool::open`] with the database file opened by `opener` (now and on every reopen).
+    pub(crate) fn open_with(
+        dir: &Path,
+        key: Option<SealKey>,
+        max_bytes: u64,
+        policy: SpoolPolicy,
+        opener: Box<Opener>,
+    ) -> Result<Self, SpoolError> {
         let path = dir.join("spool.redb");
         let open_err = |source| SpoolError::Open {
             path: path.clone(),
@@ -411,7 +442,7 @@ impl Spool {
         let io_err = |e| open_err(redb::DatabaseError::Storage(redb::StorageError::Io(e)));
         fs::create_dir_all(dir).map_err(io_err)?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err)?;
-        let (db, set_aside) = match Database::create(&path) {
+        let (db, set_aside) = match opener(&path) {
             Ok(db) => (db, None),
             Err(e) if damaged(&e) => {
                 let bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -430,7 +461,7 @@ impl Spool {
                     rows,
                 };
                 tracing::error!("{}", set_aside.describe());
-                (Database::create(&path).map_err(open_err)?, Some(set_aside))
+                (opener(&path).map_err(open_err)?, Some(set_aside))
             }
             Err(e) => return Err(open_err(e)),
         };
@@ -506,6 +537,7 @@ impl Spool {
             max_bytes,
             policy,
             set_aside,
+            opener: OpenFile(opener),
         })
     }
 
@@ -542,10 +574,20 @@ impl Spool {
         &self,
         f: impl FnOnce(&Database) -> Result<T, SpoolError>,
     ) -> Result<T, SpoolError> {
-        let db = self
-            .db
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let read = || {
+            self.db
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let mut db = read();
+        if db.is_none() {
+            // Closed after an I/O error and not open again yet: try now.
+            drop(db);
+            if self.reopen().is_err() {
+                return Err(SpoolError::Closed(self.dir.join("spool.redb")));
+            }
+            db = read();
+        }
         match &*db {
             Some(db) => f(db),
             None => Err(SpoolError::Closed(self.dir.join("spool.redb"))),
@@ -564,7 +606,7 @@ impl Spool {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // The old handle holds the file's lock: it goes first.
         drop(db.take());
-        let opened = Database::create(&path).map_err(|source| SpoolError::Open { path, source })?;
+        let opened = (self.opener.0)(&path).map_err(|source| SpoolError::Open { path, source })?;
         *db = Some(opened);
         Ok(())
     }

@@ -191,3 +191,132 @@ fn commit_group(
     }
     Group::Done
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::{
+        fs::{File, OpenOptions},
+        io,
+        path::Path,
+        sync::atomic::{AtomicBool, Ordering},
+    };
+
+    use redb::{Database, StorageBackend, backends::FileBackend};
+
+    use super::*;
+
+    /// The spool's file, with an fsync that fails while `fail` is set: the fault layer.
+    #[derive(Debug)]
+    struct FailingSync {
+        file: FileBackend,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl StorageBackend for FailingSync {
+        fn len(&self) -> io::Result<u64> {
+            self.file.len()
+        }
+
+        fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+            self.file.read(offset, out)
+        }
+
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.file.set_len(len)
+        }
+
+        fn sync_data(&self) -> io::Result<()> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(io::Error::other("injected fsync failure"));
+            }
+            self.file.sync_data()
+        }
+
+        fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+            self.file.write(offset, data)
+        }
+
+        fn close(&self) -> io::Result<()> {
+            self.file.close()
+        }
+    }
+
+    fn open_failing(fail: &Arc<AtomicBool>) -> Box<crate::spool::Opener> {
+        let fail = Arc::clone(fail);
+        Box::new(move |path: &Path| {
+            let file: File = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
+            Database::builder().create_with_backend(FailingSync {
+                file: FileBackend::new(file)?,
+                fail: Arc::clone(&fail),
+            })
+        })
+    }
+
+    #[test]
+    fn a_batch_whose_commit_failed_is_never_acknowledged_and_writing_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let fail = Arc::new(AtomicBool::new(false));
+        let spool = Arc::new(
+            Spool::open_with(
+                &dir.path().join("spool"),
+                None,
+                1 << 30,
+                SpoolPolicy::Block,
+                open_failing(&fail),
+            )
+            .unwrap(),
+        );
+        let (requests, queue) = mpsc::channel();
+        let stats = Arc::new(Stats::default());
+        let writer = {
+            let (spool, stats) = (Arc::clone(&spool), Arc::clone(&stats));
+            std::thread::spawn(move || {
+                run(spool, "c".into(), queue, Arc::new(Notify::new()), stats)
+            })
+        };
+        let append = |seq: u64| {
+            let (done, answer) = oneshot::channel();
+            let rows = vec![(seq, Table::Modbus, vec![7_u8; 64])];
+            let batch = Incoming {
+                source: "plc".into(),
+                rows,
+            };
+            requests.send(WriterRequest::Append(batch, done)).unwrap();
+            answer.blocking_recv().unwrap()
+        };
+        assert_eq!(append(1), Ok(()));
+        fail.store(true, Ordering::SeqCst);
+        let refused = append(2);
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("injected fsync failure")),
+            "{refused:?}"
+        );
+        // Until the fault clears every attempt is refused, never acknowledged.
+        assert!(append(2).is_err());
+        fail.store(false, Ordering::SeqCst);
+        assert_eq!(
+            append(2),
+            Ok(()),
+            "the writer reopened the spool and goes on"
+        );
+        drop(requests);
+        writer.join().unwrap();
+        assert_eq!(spool.last_seq("plc").unwrap(), Some(2));
+        assert_eq!(
+            spool.stats().unwrap().rows
+                [Table::ALL.iter().position(|t| *t == Table::Modbus).unwrap()],
+            2,
+            "the refused attempts left no row behind"
+        );
+    }
+}
