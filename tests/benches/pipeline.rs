@@ -1,7 +1,7 @@
 //! End-to-end throughput and durable-ack latency of the data path: test workers → uplink (spool,
 //! group commit, fsync) → real Zerobus SDK over TLS → local Zerobus emulator.
 //!
-//! Run: `cargo build --release --workspace && cargo bench --bench pipeline`. Prints one line per
+//! Run: `cargo build --release --workspace && cargo bench -p iot-connector-tests --bench pipeline`. Prints one line per
 //! scenario, `records_per_second=N ack_p50_ms=X ack_p99_ms=Y workers=K`, plus the uplink's peak
 //! RSS; the last line is the 8-worker run.
 #![allow(

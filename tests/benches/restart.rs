@@ -1,6 +1,6 @@
 //! How fast a killed worker is back, and what the processes weigh at rest.
 //!
-//! Run: `cargo build --release --workspace && cargo bench --bench restart`. 100 kill -9s spread
+//! Run: `cargo build --release --workspace && cargo bench -p iot-connector-tests --bench restart`. 100 kill -9s spread
 //! over 25 running workers (4 each, 12 s apart, as a worker that had been running for a while is
 //! killed): the time until `/health` shows it restarted and connected (p50, p99); then the idle
 //! RSS of the supervisor, the uplink and a worker (the test worker: the shared runtime with no

@@ -49,6 +49,45 @@ pub fn config_text(dir: &Path, http: &str, sources: &str) -> String {
     )
 }
 
+/// A fresh directory whose `bin/` holds `binaries`: each `(name, workspace binary)` pair puts
+/// the binary there under that name (the real worker, or the test worker in its place).
+pub fn with_binaries(binaries: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let bins = dir.path().join("bin");
+    std::fs::create_dir_all(&bins).unwrap();
+    for (name, binary) in binaries {
+        std::os::unix::fs::symlink(bin(binary), bins.join(name)).unwrap();
+    }
+    dir
+}
+
+/// A Zerobus emulator, its CA in a file (kept while the returned handle lives) and the
+/// `[zerobus]` section that points a connector at it.
+pub async fn zerobus_section() -> (
+    iot_connector_sim_zerobus::Emulator,
+    tempfile::NamedTempFile,
+    String,
+) {
+    let zerobus = iot_connector_sim_zerobus::start(Default::default())
+        .await
+        .unwrap();
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    zerobus.write_ca_pem(ca.path()).unwrap();
+    let tables = crate::TABLES;
+    let section = format!(
+        "[zerobus]\nendpoint = \"{}\"\nworkspace_url = \"{}\"\nclient_id = \"id\"\nclient_secret = \"secret\"\n\
+         ca_file = {:?}\ntables = {{ opcua = \"{}\", mqtt = \"{}\", modbus = \"{}\", status = \"{}\" }}\n\n",
+        zerobus.grpc_url(),
+        zerobus.oauth_url(),
+        ca.path().display().to_string(),
+        tables[0],
+        tables[1],
+        tables[2],
+        tables[3],
+    );
+    (zerobus, ca, section)
+}
+
 fn run_supervisor(config: &Path, env: &[(&str, String)]) -> Child {
     tokio::process::Command::new(bin("iot-connector"))
         .args(["run", "--config"])

@@ -6,7 +6,9 @@
 //! Trust: test code only; it runs the binaries built by `cargo build --workspace`.
 #![forbid(unsafe_code)]
 
+pub mod chaos;
 pub mod connector;
+pub mod mosquitto;
 pub mod rig;
 
 pub use rig::Rig;

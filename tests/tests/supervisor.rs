@@ -16,7 +16,7 @@ use std::{
 use iot_connector_supervisor::{Metric, MetricKind};
 use iot_connector_tests::{
     bin,
-    connector::{Connector, config_text, kill, modbus_source},
+    connector::{Connector, config_text, kill, modbus_source, with_binaries, zerobus_section},
     wait_until,
 };
 use nix::sys::signal::Signal;
@@ -93,12 +93,10 @@ async fn a_crash_looping_worker_is_failed_and_health_is_degraded_not_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_that_never_connects_degrades_health_after_the_grace_period() {
     // The real Modbus worker, polling a port nothing listens on.
-    let dir = tempfile::tempdir().unwrap();
-    let bins = dir.path().join("bin");
-    std::fs::create_dir_all(&bins).unwrap();
-    for binary in ["iot-connector-uplink", "iot-connector-modbus"] {
-        std::os::unix::fs::symlink(bin(binary), bins.join(binary)).unwrap();
-    }
+    let dir = with_binaries(&[
+        ("iot-connector-uplink", "iot-connector-uplink"),
+        ("iot-connector-modbus", "iot-connector-modbus"),
+    ]);
     let http = format!("127.0.0.1:{}", iot_connector_tests::free_port());
     let sources = format!(
         "degraded_after = \"10s\"\n\n{}",
@@ -641,33 +639,6 @@ fn check_accepts_every_example_and_names_the_line_of_each_problem() {
     }
 }
 
-/// A Zerobus emulator, its CA in a file (kept while the returned handle lives) and the
-/// `[zerobus]` section that points a connector at it.
-async fn zerobus_section() -> (
-    iot_connector_sim_zerobus::Emulator,
-    tempfile::NamedTempFile,
-    String,
-) {
-    let zerobus = iot_connector_sim_zerobus::start(Default::default())
-        .await
-        .unwrap();
-    let ca = tempfile::NamedTempFile::new().unwrap();
-    zerobus.write_ca_pem(ca.path()).unwrap();
-    let tables = iot_connector_tests::TABLES;
-    let section = format!(
-        "[zerobus]\nendpoint = \"{}\"\nworkspace_url = \"{}\"\nclient_id = \"id\"\nclient_secret = \"secret\"\n\
-         ca_file = {:?}\ntables = {{ opcua = \"{}\", mqtt = \"{}\", modbus = \"{}\", status = \"{}\" }}\n\n",
-        zerobus.grpc_url(),
-        zerobus.oauth_url(),
-        ca.path().display().to_string(),
-        tables[0],
-        tables[1],
-        tables[2],
-        tables[3],
-    );
-    (zerobus, ca, section)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_crashes_and_restarts_reach_the_status_table() {
     let (zerobus, _ca, zerobus_block) = zerobus_section().await;
@@ -864,12 +835,10 @@ async fn secrets_and_their_directories_are_private_whatever_the_umask() {
     use std::os::unix::fs::PermissionsExt;
     // The umask of a hand start or a container; the supervisor inherits it.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-    let dir = tempfile::tempdir().unwrap();
-    let bins = dir.path().join("bin");
-    std::fs::create_dir_all(&bins).unwrap();
-    for binary in ["iot-connector-uplink", "iot-connector-opcua"] {
-        std::os::unix::fs::symlink(bin(binary), bins.join(binary)).unwrap();
-    }
+    let dir = with_binaries(&[
+        ("iot-connector-uplink", "iot-connector-uplink"),
+        ("iot-connector-opcua", "iot-connector-opcua"),
+    ]);
     let http = format!("127.0.0.1:{}", iot_connector_tests::free_port());
     let source = "[[sources]]\nname = \"ua1\"\nprotocol = \"opcua\"\nendpoint = \"opc.tcp://127.0.0.1:1\"\n\
                   nodes = [{ node_id = \"ns=2;s=T\" }]\n";
@@ -1018,7 +987,10 @@ async fn a_full_disk_stops_acknowledgements_and_writing_resumes_when_space_retur
         eprintln!("skipped: mounting a small filesystem needs root");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = with_binaries(&[
+        ("iot-connector-uplink", "iot-connector-uplink"),
+        ("iot-connector-modbus", "iot-connector-testworker"),
+    ]);
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
     let mounted = std::process::Command::new("mount")
@@ -1037,18 +1009,6 @@ async fn a_full_disk_stops_acknowledgements_and_writing_resumes_when_space_retur
         }
     }
     let _unmount = Unmount(state.clone());
-    let bins = dir.path().join("bin");
-    std::fs::create_dir_all(&bins).unwrap();
-    std::os::unix::fs::symlink(
-        bin("iot-connector-uplink"),
-        bins.join("iot-connector-uplink"),
-    )
-    .unwrap();
-    std::os::unix::fs::symlink(
-        bin("iot-connector-testworker"),
-        bins.join("iot-connector-modbus"),
-    )
-    .unwrap();
     let http = format!("127.0.0.1:{}", iot_connector_tests::free_port());
     let config = config_text(dir.path(), &http, &modbus_source("plc1", 1502));
     let c = Connector::launch(dir, http, &config);
