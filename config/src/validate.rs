@@ -661,30 +661,6 @@ fn check_mqtt(s: &MqttSource, at: &At<'_, '_, '_, '_>, p: &mut Problems) {
             "would cross the network in clear text over mqtt://: use mqtts://, or set allow_plaintext_password = true on a network you trust",
         );
     }
-    if !(1024..=MAX_MQTT_MESSAGE_BYTES).contains(&s.max_message_bytes.0) {
-        at.report(
-            p,
-            "max_message_bytes",
-            format!(
-                "is {} bytes: write a size from \"1KiB\" to \"256MiB\"",
-                s.max_message_bytes.0
-            ),
-        );
-    }
-    if s.sparkplug_max_names == 0 || s.sparkplug_max_names > 10_000_000 {
-        at.report(
-            p,
-            "sparkplug_max_names",
-            "must be 1 to 10000000 (each name takes about 100 bytes of memory)",
-        );
-    }
-    if s.password.is_some() && !tls && !s.allow_plaintext_password {
-        at.report(
-            p,
-            "password",
-            "would cross the network in clear text over mqtt://: use mqtts://, or set allow_plaintext_password = true on a network you trust",
-        );
-    }
     if s.password.is_some() && s.username.is_none() {
         at.report(
             p,

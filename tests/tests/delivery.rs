@@ -23,6 +23,23 @@ async fn start_line1(rig: &mut Rig, count: u64) -> PathBuf {
     acked
 }
 
+/// A rig whose Zerobus is down, with `count` records of line1 acknowledged: they are all in the
+/// spool.
+async fn spooled_while_zerobus_is_down(count: u64) -> Rig {
+    let zerobus = start_emulator().await.unwrap();
+    zerobus.faults().update(|f| f.down = true);
+    let mut rig = Rig::builder().emulator(zerobus).start().await;
+    let acked = start_line1(&mut rig, count).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || read_acked(&acked)
+            == Some(count))
+        .await,
+        "line1 acked {:?} of {count}",
+        read_acked(&acked)
+    );
+    rig
+}
+
 fn expected_ids(source: &str, count: u64) -> HashSet<String> {
     (1..=count)
         .map(|seq| format!("test-connector/{source}/{seq}"))
@@ -87,17 +104,7 @@ async fn a_clean_run_delivers_every_record_and_drains_the_spool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_of_zerobus_fills_the_spool_and_drains_when_it_returns() {
-    let zerobus = start_emulator().await.unwrap();
-    zerobus.faults().update(|f| f.down = true);
-    let mut rig = Rig::builder().emulator(zerobus).start().await;
-    let acked = start_line1(&mut rig, 20_000).await;
-
-    // The worker keeps being acknowledged while Zerobus is down: the spool holds everything.
-    assert!(
-        wait_until(Duration::from_secs(30), || read_acked(&acked)
-            == Some(20_000))
-        .await
-    );
+    let rig = spooled_while_zerobus_is_down(20_000).await;
     // The uplink keeps trying (token requests answered 503, creates refused) and gets nothing
     // through: a condition, not a fixed wait.
     let tries = |rig: &Rig| {
@@ -213,15 +220,7 @@ async fn a_poison_record_is_dead_lettered_and_every_other_record_lands() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_damaged_on_disk_is_dead_lettered_and_its_table_keeps_flowing() {
-    let zerobus = start_emulator().await.unwrap();
-    zerobus.faults().update(|f| f.down = true);
-    let mut rig = Rig::builder().emulator(zerobus).start().await;
-    let acked = start_line1(&mut rig, 3_000).await;
-    assert!(
-        wait_until(Duration::from_secs(30), || read_acked(&acked)
-            == Some(3_000))
-        .await
-    );
+    let mut rig = spooled_while_zerobus_is_down(3_000).await;
     rig.kill_all().await;
 
     // One bad block under one stored row, in the middle of the table.
@@ -537,15 +536,7 @@ async fn a_configured_proxy_carries_both_the_token_request_and_the_stream() {
 /// a status row says what was lost and where the file is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_spool_file_is_moved_aside_and_a_fresh_spool_starts() {
-    let zerobus = start_emulator().await.unwrap();
-    zerobus.faults().update(|f| f.down = true);
-    let mut rig = Rig::builder().emulator(zerobus).start().await;
-    let acked = start_line1(&mut rig, 3_000).await;
-    assert!(
-        wait_until(Duration::from_secs(30), || read_acked(&acked)
-            == Some(3_000))
-        .await
-    );
+    let mut rig = spooled_while_zerobus_is_down(3_000).await;
     // The row count next to the spool is written with every heartbeat.
     let count_file = rig.dir.path().join("spool/spool.rows");
     assert!(
