@@ -799,6 +799,105 @@ async fn messages_above_max_message_bytes_are_refused_unread_and_reported() {
     assert!(rig.alive(worker), "no crash loop");
 }
 
+/// The worker's wall clock steps an hour forward, then two hours back (an NTP step, a mis-set
+/// RTC): delivery goes on without a reconnect, sequence numbers keep increasing, and event
+/// times stay the payloads' own. The clock moves for the worker alone (libfaketime, which
+/// leaves the monotonic clock that timers and backoff run on alone); the rows' ingest times
+/// show that it did move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wall_clock_step_changes_neither_delivery_nor_event_times() {
+    const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+    assert!(
+        Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is installed (the faketime package; .ci/run installs it)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path()).await;
+    let publisher = Publisher::connect(broker.port, "test-publisher").await;
+    let mut rig = start_rig().await;
+    let offset = dir.path().join("faketime");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let offset_file = offset.display().to_string();
+    let env = [
+        ("LD_PRELOAD", LIBFAKETIME),
+        ("FAKETIME_TIMESTAMP_FILE", offset_file.as_str()),
+        ("FAKETIME_NO_CACHE", "1"),
+        ("DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let config = source_config(
+        &broker.endpoint(),
+        "",
+        &[
+            r#"{ filter = "clock/#", qos = 1, payload = "json", value_path = "/v", timestamp_path = "/ts" }"#,
+        ],
+    );
+    let worker = rig
+        .worker_with_env(SOURCE, Table::Mqtt, &config, &env)
+        .await;
+    publish_until_delivered(&rig, &publisher, "clock/ready").await;
+
+    const PER_STEP: usize = 40;
+    const BASE_MS: i64 = 1_700_000_000_000;
+    let mut sent = 0;
+    for (step, (shift, topic)) in [("+0", "clock/a"), ("+1h", "clock/b"), ("-1h", "clock/c")]
+        .into_iter()
+        .enumerate()
+    {
+        std::fs::write(&offset, format!("{shift}\n")).unwrap();
+        for _ in 0..PER_STEP {
+            let payload = format!(r#"{{"v": {sent}, "ts": {}}}"#, BASE_MS + sent as i64);
+            publisher
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await;
+            sent += 1;
+        }
+        wait_rows_on(&rig, topic, PER_STEP, Duration::from_secs(60)).await;
+        let now_us = iot_connector_proto::now_us();
+        let ingest: Vec<f64> = rows_on(&rig, topic)
+            .iter()
+            .map(|r| number(r, "ingest_time"))
+            .collect();
+        let hour = 3_600e6;
+        let moved = match step {
+            0 => ingest
+                .iter()
+                .all(|t| (t - now_us as f64).abs() < hour / 2.0),
+            1 => ingest.iter().all(|t| *t > now_us as f64 + hour / 2.0),
+            _ => ingest.iter().all(|t| *t < now_us as f64 - hour / 2.0),
+        };
+        assert!(
+            moved,
+            "step {shift}: the worker's clock did not move as told: {ingest:?}"
+        );
+    }
+    let data: Vec<Value> = rows(&rig)
+        .into_iter()
+        .filter(|r| text(r, "topic").starts_with("clock/") && text(r, "topic") != "clock/ready")
+        .collect();
+    assert_eq!(data.len(), 3 * PER_STEP, "every message once");
+    for row in &data {
+        let n = number(row, "value_num");
+        assert_eq!(
+            number(row, "event_time"),
+            (BASE_MS as f64 + n) * 1000.0,
+            "the event time is the payload's: {row}"
+        );
+    }
+    let seqs: Vec<u64> = rows(&rig)
+        .iter()
+        .filter_map(|r| text(r, "record_id").rsplit('/').next()?.parse().ok())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "sequence numbers keep increasing across the steps: {seqs:?}"
+    );
+    assert!(
+        rig.events(SOURCE, "disconnected").is_empty(),
+        "no reconnect"
+    );
+    assert!(rig.alive(worker));
+}
+
 // ---------------------------------------------------------------------------------------------
 // MQTT 5
 
