@@ -255,6 +255,7 @@ impl Link {
     }
 
     async fn connect_until_welcome(&self, backoff: &mut Backoff) -> (Connection, Option<u64>) {
+        let mut unreachable = LogGate::default();
         loop {
             match self.connect().await {
                 Ok(connected) => {
@@ -270,7 +271,9 @@ impl Link {
                         // Someone else's socket: what status and /health must show.
                         crate::health().error(io.to_string());
                     }
-                    tracing::warn!(source = %self.source, error = %e, retry_ms = delay.as_millis(), "Uplink not reachable.");
+                    if let Some(suppressed) = unreachable.open(Instant::now()) {
+                        tracing::warn!(source = %self.source, error = %e, retry_ms = delay.as_millis(), suppressed, "Uplink not reachable.");
+                    }
                     tokio::time::sleep(delay).await;
                 }
             }
