@@ -191,9 +191,8 @@ pub async fn run(kills: usize, rate: u64) -> Report {
 
     let expected: HashSet<String> = (0..published).map(|i| format!("c{i:09}")).collect();
     let payloads = |s: &iot_connector_sim_zerobus::SimState| -> Vec<String> {
-        s.rows(mqtt)
-            .iter()
-            .filter_map(|r| r["value_str"].as_str().map(str::to_owned))
+        s.strings(mqtt, "value_str")
+            .into_iter()
             .filter(|v| expected.contains(v))
             .collect()
     };

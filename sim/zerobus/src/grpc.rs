@@ -246,7 +246,7 @@ impl Session {
             if let Some(poison) = self.faults.poison_record_id()
                 && let Some(index) = rows
                     .iter()
-                    .position(|r| r.record_id().as_deref() == Some(&poison))
+                    .position(|r| r.string_field("record_id").as_deref() == Some(&poison))
             {
                 return Err(Status::invalid_argument(format!(
                     "record {index} of the request with offset_id {offset} has record_id \
