@@ -547,11 +547,10 @@ async fn metrics_parse_and_name_every_declared_metric_with_source_labels() {
         ),
         0.0
     );
-    let written = value("iot_connector_records_written_total", &plc1);
-    assert!(
-        written >= 1.0 && written <= value("iot_connector_records_read_total", &plc1),
-        "written {written} of what was read"
-    );
+    // The worker counts what it read, the uplink what it wrote (status rows included), each in
+    // its own heartbeat: both count, neither bounds the other at one instant.
+    assert!(value("iot_connector_records_read_total", &plc1) >= 1.0);
+    assert!(value("iot_connector_records_written_total", &plc1) >= 1.0);
     assert_eq!(value("iot_connector_worker_restarts_total", &plc1), 0.0);
     let (status, _) = c.get("/nope");
     assert_eq!(status, 404);
