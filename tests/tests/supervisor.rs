@@ -479,13 +479,23 @@ async fn metrics_parse_and_name_every_declared_metric_with_source_labels() {
             == "connected")
             .await
     );
-    // The uplink reports what it wrote with its next heartbeat.
+    // The uplink reports what it wrote, the worker what it read, each with its next heartbeat.
+    let counted = |body: &str, prefix: &str| {
+        body.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|v| v >= 1.0)
+    };
     assert!(
-        c.wait_for(Duration::from_secs(20), |c| c
-            .get("/metrics")
-            .1
-            .contains("iot_connector_records_written_total{source=\"plc1\"}"))
-            .await
+        c.wait_for(Duration::from_secs(20), |c| {
+            let body = c.get("/metrics").1;
+            counted(
+                &body,
+                "iot_connector_records_written_total{source=\"plc1\"}",
+            ) && counted(&body, "iot_connector_records_read_total{source=\"plc1\"")
+        })
+        .await
     );
     let (status, body) = c.get("/metrics");
     assert_eq!(status, 200);
