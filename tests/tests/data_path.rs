@@ -81,27 +81,42 @@ async fn a_restarted_worker_resumes_after_the_last_durable_seq() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_with_a_wrong_token_is_refused() {
-    let mut rig = Rig::builder().offline().log_uplink().start().await;
+    use iot_connector_ipc::{FrameReader, FrameWriter, IpcError, expect, handshake};
+    use iot_connector_proto::{Message, Role};
+    let mut rig = Rig::builder().offline().start().await;
     let mut settings = rig
         .uplink
         .grant("line1", Table::Mqtt, "count = 10\ntable = \"mqtt\"\n")
         .await
         .unwrap();
-    settings.token = iot_connector_ipc::new_token();
+    let wrong = iot_connector_ipc::new_token();
+    settings.token = wrong.clone();
     rig.workers
         .push(start_worker(TEST_WORKER, settings).await.unwrap());
-    let log = rig.uplink_log();
-    let refused = || {
-        std::fs::read_to_string(&log).is_ok_and(|text| {
-            text.contains("Refused a data connection")
-                && text.contains("wrong token for source \"line1\"")
+    // What the uplink answers a Bind with that token, as the worker receives it.
+    let stream =
+        iot_connector_ipc::connect_data(std::path::Path::new(&rig.uplink.settings.data_socket))
+            .await
+            .unwrap();
+    let (rx, tx) = tokio::io::split(stream);
+    let (mut reader, mut writer) = (FrameReader::new(rx), FrameWriter::new(tx));
+    handshake(&mut reader, &mut writer, Role::Worker, Role::Uplink)
+        .await
+        .unwrap();
+    writer
+        .send(&Message::Bind {
+            source: "line1".into(),
+            token: wrong,
         })
-    };
-    assert!(
-        wait_until(Duration::from_secs(30), refused).await,
-        "the uplink never refused the token: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+        .await
+        .unwrap();
+    match reader.expect(expect::WELCOME).await {
+        Err(IpcError::Refused(reason)) => assert!(
+            reason.contains("wrong token for source \"line1\""),
+            "{reason}"
+        ),
+        other => panic!("a wrong token was not refused: {other:?}"),
+    }
     assert!(
         rig.workers_alive(),
         "a refused worker keeps trying, it does not crash"
