@@ -241,6 +241,27 @@ impl Sessions {
     }
 }
 
+impl Names {
+    /// Sets `key` to `value` in `map`: a known key is updated, a new one takes a place while
+    /// there is one. Returns whether the value is remembered.
+    fn remember<K: std::hash::Hash + Eq, V>(
+        &mut self,
+        map: &mut HashMap<K, V>,
+        key: K,
+        value: V,
+    ) -> bool {
+        if let Some(known) = map.get_mut(&key) {
+            *known = value;
+        } else if self.kept < self.max {
+            map.insert(key, value);
+            self.kept += 1;
+        } else {
+            return false;
+        }
+        true
+    }
+}
+
 /// The node's state, created on first sight while there is room.
 fn node_state<'a>(
     nodes: &'a mut HashMap<(String, String), Node>,
@@ -341,23 +362,13 @@ fn learn(state: &mut Node, payload: &Payload, device: Option<&str>, learned: &mu
                 name: name.clone(),
                 datatype: metric.datatype,
             };
-            if let Some(known) = state.aliases.get_mut(&alias) {
-                *known = declared;
-            } else if names.kept < names.max {
-                state.aliases.insert(alias, declared);
-                names.kept += 1;
-            } else {
+            if !names.remember(&mut state.aliases, alias, declared) {
                 forgotten += 1;
             }
         }
         if let Some(datatype) = metric.datatype {
             let key = (device.map(str::to_owned), name.clone());
-            if let Some(known) = state.datatypes.get_mut(&key) {
-                *known = datatype;
-            } else if names.kept < names.max {
-                state.datatypes.insert(key, datatype);
-                names.kept += 1;
-            } else {
+            if !names.remember(&mut state.datatypes, key, datatype) {
                 forgotten += 1;
             }
         }
