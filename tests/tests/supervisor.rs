@@ -480,13 +480,7 @@ async fn metrics_parse_and_name_every_declared_metric_with_source_labels() {
             .await
     );
     // The uplink reports what it wrote, the worker what it read, each with its next heartbeat.
-    let counted = |body: &str, prefix: &str| {
-        body.lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .is_some_and(|v| v >= 1.0)
-    };
+    let counted = |body: &str, prefix: &str| sample(body, prefix).is_some_and(|v| v >= 1.0);
     assert!(
         c.wait_for(Duration::from_secs(20), |c| {
             let body = c.get("/metrics").1;
@@ -882,6 +876,14 @@ async fn secrets_and_their_directories_are_private_whatever_the_umask() {
     }
 }
 
+/// The value of the first `/metrics` sample line that starts with `prefix`.
+fn sample(body: &str, prefix: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -1021,16 +1023,15 @@ async fn a_full_disk_stops_acknowledgements_and_writing_resumes_when_space_retur
     let http = format!("127.0.0.1:{}", iot_connector_tests::free_port());
     let config = config_text(dir.path(), &http, &modbus_source("plc1", 1502));
     let c = Connector::launch(dir, http, &config);
-    let written = |c: &Connector| -> u64 {
-        let (_, body) = c.get("/metrics");
-        body.lines()
-            .find(|l| l.starts_with("iot_connector_records_written_total{source=\"plc1\"}"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+    let written = |c: &Connector| {
+        sample(
+            &c.get("/metrics").1,
+            "iot_connector_records_written_total{source=\"plc1\"}",
+        )
+        .unwrap_or(0.0)
     };
     assert!(
-        c.wait_for(Duration::from_secs(30), |c| written(c) > 0)
+        c.wait_for(Duration::from_secs(30), |c| written(c) > 0.0)
             .await
     );
 
