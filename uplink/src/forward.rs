@@ -420,3 +420,123 @@ pub fn start(shared: &Arc<Shared>, settings: &ZerobusSettings) -> Result<(), For
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    };
+
+    use iot_connector_proto::SpoolPolicy;
+
+    use super::*;
+    use crate::spool::Incoming;
+
+    /// Rows the test spools before the forwarder starts.
+    const ROWS: u64 = 50;
+
+    /// The forwarder's deletes commit with an fsync that waits for the test to let it go. The
+    /// runtime has one thread: if the fsync held it, the test could never run to let it go, and
+    /// the fsync goes on by itself after a while, remembering that it was not released.
+    #[test]
+    fn the_forwarders_spool_commits_leave_the_runtime_free() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let zerobus = iot_connector_sim_zerobus::start(Default::default())
+                .await
+                .unwrap();
+            let (armed, unreleased) = (
+                Arc::new(AtomicBool::new(false)),
+                Arc::new(AtomicBool::new(false)),
+            );
+            let (entered, mut fsync_waiting) = tokio::sync::mpsc::unbounded_channel();
+            let (release, released) = mpsc::channel::<()>();
+            let released = Arc::new(Mutex::new(released));
+            let before_sync: crate::fault::BeforeSync = {
+                let (armed, unreleased) = (Arc::clone(&armed), Arc::clone(&unreleased));
+                Arc::new(move || {
+                    if armed.swap(false, Ordering::SeqCst) {
+                        let _ = entered.send(());
+                        let waited = released
+                            .lock()
+                            .unwrap()
+                            .recv_timeout(Duration::from_secs(20));
+                        unreleased.store(waited.is_err(), Ordering::SeqCst);
+                    }
+                    Ok(())
+                })
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let spool = Arc::new(
+                Spool::open_with(
+                    dir.path(),
+                    None,
+                    1 << 30,
+                    SpoolPolicy::Block,
+                    crate::fault::opener(before_sync),
+                )
+                .unwrap(),
+            );
+            let row = crate::status_row("c", StatusEvent::Started, "probe".into(), 0);
+            let batch = Incoming {
+                source: "plc".into(),
+                rows: (1..=ROWS)
+                    .map(|seq| (seq, Table::Status, row.clone()))
+                    .collect(),
+            };
+            spool.append(&[batch], &|_, _| Vec::new()).unwrap();
+
+            let settings = ZerobusSettings {
+                endpoint: zerobus.grpc_url().to_owned(),
+                workspace_url: zerobus.oauth_url().to_owned(),
+                client_id: "id".into(),
+                client_secret: "secret".into(),
+                ca_pem: Some(zerobus.ca_pem().to_owned()),
+                proxy: None,
+                no_proxy: Vec::new(),
+                tables: Table::ALL.map(|t| format!("main.bronze.{t:?}").to_lowercase()),
+            };
+            let shared = Arc::new(Shared {
+                connector_id: "c".into(),
+                spool: Arc::clone(&spool),
+                committed: Arc::new(Notify::new()),
+                stats: Arc::new(Stats::default()),
+            });
+            armed.store(true, Ordering::SeqCst);
+            let forwarder = Forwarder::new(
+                shared,
+                Arc::new(sdk(&settings).unwrap()),
+                &settings,
+                auth::http_client(&settings).unwrap(),
+                Table::Status,
+            );
+            let forwarding = tokio::spawn(forwarder.run());
+
+            fsync_waiting
+                .recv()
+                .await
+                .expect("the forwarder never deleted a row");
+            release.send(()).unwrap();
+            let table = &settings.tables[Table::Status.index()];
+            let delivered = zerobus
+                .state()
+                .wait_until(Duration::from_secs(60), |s| {
+                    s.row_count(table) >= ROWS as usize
+                })
+                .await;
+            forwarding.abort();
+            assert!(delivered, "the spooled rows never reached Zerobus");
+            assert!(
+                !unreleased.load(Ordering::SeqCst),
+                "the forwarder's fsync held the runtime's only thread"
+            );
+        });
+    }
+}

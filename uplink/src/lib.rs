@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+#[cfg(test)]
+mod fault;
 pub mod forward;
 pub mod server;
 pub mod spool;

@@ -197,67 +197,21 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use std::{
-        fs::{File, OpenOptions},
         io,
-        path::Path,
         sync::atomic::{AtomicBool, Ordering},
     };
 
-    use redb::{Database, StorageBackend, backends::FileBackend};
-
     use super::*;
 
-    /// The spool's file, with an fsync that fails while `fail` is set: the fault layer.
-    #[derive(Debug)]
-    struct FailingSync {
-        file: FileBackend,
-        fail: Arc<AtomicBool>,
-    }
-
-    impl StorageBackend for FailingSync {
-        fn len(&self) -> io::Result<u64> {
-            self.file.len()
-        }
-
-        fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-            self.file.read(offset, out)
-        }
-
-        fn set_len(&self, len: u64) -> io::Result<()> {
-            self.file.set_len(len)
-        }
-
-        fn sync_data(&self) -> io::Result<()> {
-            if self.fail.load(Ordering::SeqCst) {
-                return Err(io::Error::other("injected fsync failure"));
-            }
-            self.file.sync_data()
-        }
-
-        fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-            self.file.write(offset, data)
-        }
-
-        fn close(&self) -> io::Result<()> {
-            self.file.close()
-        }
-    }
-
+    /// An fsync that fails while `fail` is set.
     fn open_failing(fail: &Arc<AtomicBool>) -> Box<crate::spool::Opener> {
         let fail = Arc::clone(fail);
-        Box::new(move |path: &Path| {
-            let file: File = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)
-                .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
-            Database::builder().create_with_backend(FailingSync {
-                file: FileBackend::new(file)?,
-                fail: Arc::clone(&fail),
-            })
-        })
+        crate::fault::opener(Arc::new(move || {
+            if fail.load(Ordering::SeqCst) {
+                return Err(io::Error::other("injected fsync failure"));
+            }
+            Ok(())
+        }))
     }
 
     #[test]
