@@ -437,7 +437,7 @@ mod tests {
     use crate::spool::Incoming;
 
     /// Rows the test spools before the forwarder starts.
-    const ROWS: u64 = 50;
+    const ROWS: usize = 50;
 
     /// The forwarder's deletes commit with an fsync that waits for the test to let it go. The
     /// runtime has one thread: if the fsync held it, the test could never run to let it go, and
@@ -487,7 +487,7 @@ mod tests {
             let row = crate::status_row("c", StatusEvent::Started, "probe".into(), 0);
             let batch = Incoming {
                 source: "plc".into(),
-                rows: (1..=ROWS)
+                rows: (1..=ROWS as u64)
                     .map(|seq| (seq, Table::Status, row.clone()))
                     .collect(),
             };
@@ -527,9 +527,7 @@ mod tests {
             let table = &settings.tables[Table::Status.index()];
             let delivered = zerobus
                 .state()
-                .wait_until(Duration::from_secs(60), |s| {
-                    s.row_count(table) >= ROWS as usize
-                })
+                .wait_until(Duration::from_secs(60), |s| s.row_count(table) >= ROWS)
                 .await;
             forwarding.abort();
             assert!(delivered, "the spooled rows never reached Zerobus");
