@@ -136,7 +136,7 @@ impl Broker {
 
 /// A rumqttc publisher that counts completed publishes (QoS 0 written, QoS 1 PUBACKed, QoS 2
 /// PUBCOMPed).
-#[allow(missing_debug_implementations)] // the MQTT client has no Debug
+#[derive(Debug)]
 pub struct Publisher {
     /// The client, to publish from other tasks.
     pub client: AsyncClient,
