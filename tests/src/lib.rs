@@ -9,6 +9,7 @@
 pub mod chaos;
 pub mod connector;
 pub mod mosquitto;
+pub mod outage;
 pub mod rig;
 
 pub use rig::Rig;
@@ -176,6 +177,21 @@ impl Uplink {
             self.settings.max_bytes,
             self.settings.full_policy,
         )
+    }
+
+    /// Waits for the uplink's next heartbeat (one a second) and returns its counters; `None`
+    /// once its control channel is closed. A test that reads them reads every one, so that
+    /// none is stale.
+    pub async fn report(&mut self) -> Option<iot_connector_proto::UplinkReport> {
+        loop {
+            match self.process.reader.recv().await {
+                Ok(Some(Message::Heartbeat(iot_connector_proto::ChildReport::Uplink(report)))) => {
+                    return Some(report);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
     }
 
     /// SIGKILLs the uplink and starts a new one on the same spool with every current grant, as

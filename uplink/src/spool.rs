@@ -15,7 +15,8 @@
 //!   forwarded: the number only grows).
 //! - `dead_letters`: `position → (table, reason, sealed row)`, rows Zerobus rejected for good.
 //! - `meta`: `format_version`, `epoch` (random, drawn when the file is created), `next_position`,
-//!   `live_bytes` (sum of the sealed rows in `rows/*`).
+//!   `live_bytes` (sum of the sealed rows in `rows/*`), `unreported_drops` (policy drops not yet
+//!   in a status row) and `drops_reported_at_us` (when the last such row was written).
 //!
 //! A sealed row is AES-256-GCM ciphertext plus tag; its nonce is `epoch (4 bytes) ‖ position
 //! (8 bytes)`, unique because positions never repeat within a file and a new file draws a new
@@ -30,7 +31,7 @@
 //!    re-sends and are not stored again.
 //! 3. Rows leave `rows/*` only by [`Spool::remove_through`] (after Zerobus acknowledged them
 //!    durably), by [`Spool::dead_letter`] (moved, not lost), or by eviction under `drop_oldest`
-//!    (counted and reported in a status row written in the same transaction).
+//!    (counted in `unreported_drops` in the same transaction, and reported from there).
 //! 4. `live_bytes` never exceeds `max_bytes` after a commit, except by status rows, which are
 //!    always accepted so that every drop is recorded.
 //!
@@ -51,8 +52,13 @@
 //! A batch whose new rows alone exceed `max_bytes` can never fit: it is refused under every policy,
 //! because waiting would stall every source queued behind it forever and evicting would empty the
 //! spool for nothing. A refused batch still advances its source's sequence number, so its worker
-//! is acknowledged and moves on. A call that refused or evicted rows writes exactly one status row
-//! with their total, in the same transaction.
+//! is acknowledged and moves on. A call that refused or evicted rows adds their number to
+//! `unreported_drops` in the same transaction. A call that finds `unreported_drops` above zero
+//! and the last report at least [`DROP_REPORT_EVERY`] old writes one status row with that total
+//! and sets the counter back to zero, in the same transaction: the first drop after a quiet
+//! spell is reported at once, and a spool that stays full writes one status row per interval
+//! instead of one per commit (which, during a long outage, would fill the spool with status
+//! rows, evicted last). Every drop is in a status row or in the counter at every moment.
 
 use std::{
     collections::HashMap,
@@ -68,6 +74,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
 const FORMAT_VERSION: u64 = 1;
+/// How often a spool that keeps dropping writes a status row with the drops since the last one.
+pub const DROP_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+const UNREPORTED_DROPS: &str = "unreported_drops";
+const DROPS_REPORTED_AT: &str = "drops_reported_at_us";
 const TAG_LEN: usize = 16;
 
 /// One redb table of rows per [`Table`], named `rows/<key>`, in [`Table::ALL`] order. A table
@@ -329,6 +339,7 @@ pub struct Spool {
     policy: SpoolPolicy,
     set_aside: Option<SetAside>,
     opener: OpenFile,
+    drop_report_every_us: u64,
 }
 
 /// The spool's [`Opener`], kept for reopening.
@@ -538,6 +549,16 @@ impl Spool {
             policy,
             set_aside,
             opener: OpenFile(opener),
+            drop_report_every_us: u64::try_from(DROP_REPORT_EVERY.as_micros()).unwrap_or(u64::MAX),
+        })
+    }
+
+    /// Policy drops not yet written in a status row (see the module doc): they will be, with the
+    /// next commit at least [`DROP_REPORT_EVERY`] after the last report.
+    pub fn unreported_drops(&self) -> Result<u64, SpoolError> {
+        self.with_db(|db| {
+            let txn = db.begin_read()?;
+            Ok(meta(&txn.open_table(META)?, UNREPORTED_DROPS)?.unwrap_or_default())
         })
     }
 
@@ -714,14 +735,23 @@ impl Spool {
                     }
                     outcome.committed += 1;
                 }
-                if drops > 0 {
-                    let row = status_row(drops, self.policy);
+                let unreported = meta(&meta_table, UNREPORTED_DROPS)?.unwrap_or_default() + drops;
+                let reported_at = meta(&meta_table, DROPS_REPORTED_AT)?.unwrap_or_default();
+                let now = u64::try_from(iot_connector_proto::now_us()).unwrap_or_default();
+                // A clock stepped back makes a report due rather than holding it for hours.
+                let due = now < reported_at || now - reported_at >= self.drop_report_every_us;
+                if unreported > 0 && due {
+                    let row = status_row(unreported, self.policy);
                     let sealed = self.seal(Table::Status, next, &row);
                     live += sealed.len() as u64;
                     if let Some(t) = rows.get_mut(Table::Status.index()) {
                         t.insert(next, sealed.as_slice())?;
                     }
                     next += 1;
+                    meta_table.insert(UNREPORTED_DROPS, 0)?;
+                    meta_table.insert(DROPS_REPORTED_AT, now)?;
+                } else if drops > 0 {
+                    meta_table.insert(UNREPORTED_DROPS, unreported)?;
                 }
                 meta_table.insert("next_position", next)?;
                 meta_table.insert("live_bytes", live)?;
@@ -1342,7 +1372,7 @@ mod tests {
     #[test]
     fn drop_oldest_evicts_data_rows_before_status_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), None, 1000, SpoolPolicy::DropOldest).unwrap();
+        let mut spool = Spool::open(dir.path(), None, 1000, SpoolPolicy::DropOldest).unwrap();
         // Positions 0 (status), 1 (mqtt), 2 (opcua), 3 (modbus).
         spool
             .append(
@@ -1369,16 +1399,31 @@ mod tests {
             .append(&[batch("o", 3, &rows(Table::Opcua, 1, 900))], &status_row)
             .unwrap();
         assert_eq!((outcome.evicted_oldest, outcome.stored), (2, 1));
-        let status = spool.read(Table::Status, None, 10, usize::MAX).unwrap();
-        let status: Vec<_> = status.into_iter().map(|s| s.row).collect();
+        let status_rows = |spool: &Spool| -> Vec<Vec<u8>> {
+            let status = spool.read(Table::Status, None, 10, usize::MAX).unwrap();
+            status.into_iter().map(|s| s.row).collect()
+        };
+        // Reported a moment ago: these two wait in the counter for the next report.
         assert_eq!(
-            status,
+            status_rows(&spool),
+            [status_row(3, SpoolPolicy::DropOldest)]
+        );
+        assert_eq!(spool.unreported_drops().unwrap(), 2);
+        assert_eq!(spool.stats().unwrap().rows, [1, 0, 0, 1]);
+        // Once the interval has passed, the next commit reports them, drops or not.
+        spool.drop_report_every_us = 0;
+        let outcome = spool
+            .append(&[batch("d", 2, &rows(Table::Modbus, 1, 10))], &status_row)
+            .unwrap();
+        assert_eq!((outcome.evicted_oldest, outcome.stored), (0, 1));
+        assert_eq!(
+            status_rows(&spool),
             [
                 status_row(3, SpoolPolicy::DropOldest),
                 status_row(2, SpoolPolicy::DropOldest)
             ]
         );
-        assert_eq!(spool.stats().unwrap().rows, [1, 0, 0, 2]);
+        assert_eq!(spool.unreported_drops().unwrap(), 0);
     }
 
     #[test]
