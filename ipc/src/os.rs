@@ -1,6 +1,7 @@
 //! The control channel: a socketpair end that a child inherits as a numbered descriptor. This is
 //! the one module with `unsafe`: adopting that descriptor, the async-signal-safe set-up a child
-//! runs between fork and exec, and handing freed heap back to the kernel.
+//! runs between fork and exec (capabilities dropped among it), and handing freed heap back to
+//! the kernel.
 #![allow(unsafe_code)]
 
 use std::{
@@ -70,7 +71,7 @@ pub fn inherited_control() -> io::Result<UnixStream> {
 }
 
 /// Spawns `command` in its own process group with a control channel on descriptor 3,
-/// `no_new_privs`, a parent-death signal so that no child outlives its parent, no core dumps (a dump would hold secrets) and a bounded
+/// `no_new_privs`, no capabilities (see [`drop_capabilities`]), a parent-death signal so that no child outlives its parent, no core dumps (a dump would hold secrets) and a bounded
 /// number of descriptors. Every other descriptor of ours is close-on-exec, so the child inherits
 /// only stdio and its control channel. Returns the child and the parent's end.
 pub fn spawn_with_control(command: &mut Command) -> io::Result<(Child, UnixStream)> {
@@ -92,6 +93,7 @@ pub fn spawn_with_control(command: &mut Command) -> io::Result<(Child, UnixStrea
                 .map_err(io::Error::from)?;
             prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
             prctl::set_no_new_privs().map_err(io::Error::from)?;
+            drop_capabilities()?;
             setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(io::Error::from)?;
             let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
             setrlimit(
@@ -107,6 +109,82 @@ pub fn spawn_with_control(command: &mut Command) -> io::Result<(Child, UnixStrea
     drop(child_end);
     parent_end.set_nonblocking(true)?;
     Ok((child, UnixStream::from_std(parent_end)?))
+}
+
+/// `securebits`: root gets no capabilities from exec, a set-uid fixup never restores them, no
+/// ambient capability can be raised, and all of it is locked (`capabilities(7)`).
+const SECUREBITS_NO_ROOT_POWERS: nix::libc::c_ulong = 0b1110_1111;
+
+/// `_LINUX_CAPABILITY_VERSION_3`: 64-bit capability sets in two 32-bit halves.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: nix::libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Leaves the process, about to exec a child, with no capability it keeps or gains across exec.
+/// Ambient capabilities (which would pass exec even to a child of a service user) are cleared
+/// always. As root (a container, a hand start), exec would grant the whole bounding set: it is
+/// emptied, the securebits forbid root powers from then on, and the inheritable, permitted and
+/// effective sets are cleared. Runs between fork and exec: system calls only, no allocation.
+fn drop_capabilities() -> io::Result<()> {
+    use nix::libc;
+    // SAFETY: prctl with integer arguments only.
+    let cleared = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    if cleared < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    for capability in 0..64 {
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, capability, 0, 0, 0) } < 0 {
+            let error = io::Error::last_os_error();
+            // EINVAL: past the kernel's last capability.
+            if error.raw_os_error() == Some(libc::EINVAL) {
+                break;
+            }
+            return Err(error);
+        }
+    }
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_SECUREBITS, SECUREBITS_NO_ROOT_POWERS, 0, 0, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let none = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capset reads one header and two data structs of the layout above (version 3),
+    // both alive on this stack for the call.
+    if unsafe { libc::syscall(libc::SYS_capset, &raw const header, none.as_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Hands the heap memory that `free` kept back to the kernel. glibc keeps freed blocks below the

@@ -228,6 +228,16 @@ fn private_dir(path: &Path) -> Result<(), MainError> {
 
 /// Runs the connector until SIGTERM or SIGINT.
 pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), MainError> {
+    // Nothing this process starts can gain privileges: the children are exec'ed with
+    // `no_new_privs` and without capabilities too (`os::spawn_with_control`).
+    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+        tracing::warn!(error = %e, "Cannot set no_new_privs.");
+    }
+    if nix::unistd::geteuid().is_root() {
+        tracing::warn!(
+            "Running as root: the children get no capabilities and no_new_privs, but they keep uid 0 and so every file root owns. Run the connector as its own user (the systemd unit does)."
+        );
+    }
     match os::raise_file_limit() {
         Ok(files) => tracing::debug!(files, "Open descriptor limit."),
         Err(e) => tracing::warn!(error = %e, "Cannot raise the open descriptor limit."),

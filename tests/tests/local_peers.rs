@@ -246,6 +246,9 @@ async fn a_worker_sends_nothing_to_a_data_socket_of_another_user() {
         wait_until(Duration::from_secs(10), || impostor_socket.exists()).await,
         "the impostor never listened"
     );
+    // Writable by anyone, so that the worker (uid 0 without capabilities, so without
+    // CAP_DAC_OVERRIDE) can connect and the credential check is what refuses it.
+    std::fs::set_permissions(&impostor_socket, std::fs::Permissions::from_mode(0o777)).unwrap();
     std::fs::rename(&impostor_socket, c.dir.path().join("run/data.sock")).unwrap();
     let (code, out) = c.command(&["restart", "plc1"]);
     assert_eq!(code, 0, "{out}");

@@ -1094,3 +1094,46 @@ async fn a_full_disk_stops_acknowledgements_and_writing_resumes_when_space_retur
         "rows 1..={last}, each once"
     );
 }
+
+/// The lines of `/proc/<pid>/status` this test reads: capability sets and `NoNewPrivs`.
+fn privileges(pid: i32) -> Vec<(String, String)> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.starts_with("Cap") || *k == "NoNewPrivs")
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// A connector started by hand as root gives its children neither capabilities nor a way to
+/// gain them, and cannot gain any itself; as a service user the same holds for the children's
+/// effective, permitted, inheritable and ambient sets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_hold_no_capability_and_cannot_gain_privileges() {
+    let c = Connector::start(&modbus_source("plc1", 1502)).await;
+    assert!(
+        c.wait_for(Duration::from_secs(20), |c| c.pid("plc1").is_some()
+            && c.pid("uplink").is_some())
+            .await
+    );
+    let root = nix::unistd::geteuid().is_root();
+    let none = "0000000000000000";
+    for name in ["uplink", "plc1"] {
+        let pid = c.pid(name).unwrap();
+        for (key, value) in privileges(pid) {
+            let wanted = match key.as_str() {
+                "NoNewPrivs" => "1",
+                "CapBnd" if !root => continue,
+                _ => none,
+            };
+            assert_eq!(value, wanted, "{name} (pid {pid}) {key}");
+        }
+    }
+    let supervisor = i32::try_from(c.process.id().unwrap()).unwrap();
+    assert!(
+        privileges(supervisor).contains(&("NoNewPrivs".into(), "1".into())),
+        "the supervisor itself: {:?}",
+        privileges(supervisor)
+    );
+}
