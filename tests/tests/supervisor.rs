@@ -1137,3 +1137,84 @@ async fn children_hold_no_capability_and_cannot_gain_privileges() {
         privileges(supervisor)
     );
 }
+
+/// A secret reaches only the process that needs it: no child's environment or command line
+/// holds any secret, a worker's slice holds its own source's password and nothing else secret,
+/// and the uplink's slice holds the Databricks secret and no source's password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_secret_reaches_only_the_process_that_needs_it() {
+    let dir = with_binaries(&[
+        ("iot-connector-uplink", "iot-connector-uplink"),
+        ("iot-connector-mqtt", "iot-connector-mqtt"),
+        ("iot-connector-opcua", "iot-connector-opcua"),
+    ]);
+    let http = format!("127.0.0.1:{}", iot_connector_tests::free_port());
+    let (_zerobus, _ca, zerobus) = zerobus_section().await;
+    let zerobus = zerobus.replace(
+        "client_secret = \"secret\"",
+        "client_secret = \"zb-7e1f-secret\"",
+    );
+    let sources = "[[sources]]\nname = \"a\"\nprotocol = \"mqtt\"\nendpoint = \"mqtt://127.0.0.1:1\"\n\
+         username = \"u\"\npassword = \"pw-a-41c9\"\nallow_plaintext_password = true\n\
+         topics = [{ filter = \"a/#\" }]\n\n\
+         [[sources]]\nname = \"b\"\nprotocol = \"mqtt\"\nendpoint = \"mqtt://127.0.0.1:1\"\n\
+         username = \"u\"\npassword = \"pw-b-d2e0\"\nallow_plaintext_password = true\n\
+         topics = [{ filter = \"b/#\" }]\n\n\
+         [[sources]]\nname = \"c\"\nprotocol = \"opcua\"\nendpoint = \"opc.tcp://127.0.0.1:1\"\n\
+         security_policy = \"Basic256Sha256\"\nsecurity_mode = \"SignAndEncrypt\"\n\
+         username = \"u\"\npassword = \"pw-c-90ab\"\nnodes = [{ node_id = \"ns=2;s=T\" }]\n";
+    let config = config_text(dir.path(), &http, &format!("{zerobus}{sources}"));
+    let c = Connector::launch(dir, http, &config);
+    let secrets = [
+        ("a", "pw-a-41c9"),
+        ("b", "pw-b-d2e0"),
+        ("c", "pw-c-90ab"),
+        ("uplink", "zb-7e1f-secret"),
+    ];
+    assert!(
+        c.wait_for(Duration::from_secs(60), |c| secrets
+            .iter()
+            .all(|(name, _)| c.pid(name).is_some()))
+            .await,
+        "{:?}",
+        c.status()
+    );
+    let holds =
+        |bytes: &[u8], secret: &str| bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+    for (name, _) in secrets {
+        let pid = c.pid(name).unwrap();
+        for file in ["environ", "cmdline"] {
+            let bytes = std::fs::read(format!("/proc/{pid}/{file}")).unwrap();
+            for (_, secret) in secrets {
+                assert!(!holds(&bytes, secret), "{name}'s {file} holds {secret}");
+            }
+        }
+    }
+    // The slices, made by the code the supervisor sends them with.
+    let loaded = iot_connector_config::load(&c.config).unwrap();
+    let uplink = iot_connector_ipc::encode(&iot_connector_proto::Message::ConfigureUplink(
+        Box::new(loaded.uplink_settings(Vec::new())),
+    ))
+    .unwrap();
+    for source in &loaded.config.sources {
+        let slice = iot_connector_ipc::encode(&iot_connector_proto::Message::ConfigureWorker(
+            loaded.worker_settings(source, Vec::new()),
+        ))
+        .unwrap();
+        for (owner, secret) in secrets {
+            assert_eq!(
+                holds(&slice, secret),
+                owner == source.name(),
+                "the slice of {} and {secret}",
+                source.name()
+            );
+        }
+    }
+    for (owner, secret) in secrets {
+        assert_eq!(
+            holds(&uplink, secret),
+            owner == "uplink",
+            "the uplink's slice and {secret}"
+        );
+    }
+}
