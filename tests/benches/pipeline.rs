@@ -2,8 +2,11 @@
 //! group commit, fsync) → real Zerobus SDK over TLS → local Zerobus emulator.
 //!
 //! Run: `cargo build --release --workspace && cargo bench -p iot-connector-tests --bench pipeline`. Prints one line per
-//! scenario, `records_per_second=N ack_p50_ms=X ack_p99_ms=Y workers=K`, plus the uplink's peak
-//! RSS; the last line is the 8-worker run.
+//! scenario, `records_per_second=N ack_p50_ms=X ack_p99_ms=Y workers=K
+//! uplink_cpu_us_per_record=X worker_cpu_us_per_record=Y emulator_cpu_us_per_record=Z`, plus the
+//! uplink's peak RSS; the last line is the 8-worker run. The emulator runs in a process of its
+//! own; the CPU figures are user plus system time from `/proc` over the run divided by the
+//! records (the workers' summed), so a loaded host changes the time but not the cost.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -15,13 +18,20 @@
 use std::{path::Path, time::Duration};
 
 use iot_connector_proto::Table;
-use iot_connector_tests::{Rig, bench_runtime, proc_status_kib, wait_until};
+use iot_connector_tests::{
+    Rig, bench_runtime,
+    emulator::{EmulatorProcess, cpu_us},
+    proc_status_kib, wait_until,
+};
 
 struct Outcome {
     records_per_second: f64,
     p50_ms: f64,
     p99_ms: f64,
     uplink_peak_rss_kib: u64,
+    uplink_cpu_us_per_record: f64,
+    worker_cpu_us_per_record: f64,
+    emulator_cpu_us_per_record: f64,
 }
 
 fn latencies(dir: &Path, workers: usize) -> (f64, f64) {
@@ -41,8 +51,15 @@ fn latencies(dir: &Path, workers: usize) -> (f64, f64) {
 }
 
 async fn run(workers: usize, per_worker: u64, rate: Option<u64>) -> Outcome {
-    let mut rig = Rig::start().await;
+    let mut zerobus = EmulatorProcess::start();
+    let mut rig = Rig::builder()
+        .forwarding_to(zerobus.settings())
+        .start()
+        .await;
     let dir = rig.dir.path().to_owned();
+    let uplink = rig.uplink.process.pid();
+    let cpu = |pid: u32| cpu_us(pid).expect("the process is running");
+    let (uplink_before, emulator_before) = (cpu(uplink), cpu(zerobus.pid()));
     let started = std::time::Instant::now();
     for w in 0..workers {
         let config = format!(
@@ -54,26 +71,37 @@ async fn run(workers: usize, per_worker: u64, rate: Option<u64>) -> Outcome {
             .await;
     }
     let total = workers * per_worker as usize;
-    let state = rig.zerobus().state().clone();
     let table = iot_connector_tests::TABLES[1];
-    assert!(
-        state
-            .wait_until(Duration::from_secs(600), |s| s.row_count(table) >= total)
-            .await
-    );
+    while zerobus.rows(table) < total {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "only {} of {total} rows arrived",
+            zerobus.rows(table)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let elapsed = started.elapsed().as_secs_f64();
+    let per_record = |us: u64| us as f64 / total as f64;
+    let uplink_cpu_us_per_record = per_record(cpu(uplink) - uplink_before);
+    let emulator_cpu_us_per_record = per_record(cpu(zerobus.pid()) - emulator_before);
+    // A worker that has pushed all its records has exited; its zombie keeps its times.
+    let worker_cpu_us_per_record =
+        per_record(rig.workers.iter().map(|w| cpu(w.pid())).sum::<u64>());
     wait_until(Duration::from_secs(30), || {
         (0..workers).all(|w| dir.join(format!("latency{w}")).exists())
     })
     .await;
     let (p50_ms, p99_ms) = latencies(&dir, workers);
-    let uplink_peak_rss_kib = proc_status_kib(rig.uplink.process.pid(), "VmHWM").unwrap_or(0);
+    let uplink_peak_rss_kib = proc_status_kib(uplink, "VmHWM").unwrap_or(0);
     rig.stop().await;
     Outcome {
         records_per_second: total as f64 / elapsed,
         p50_ms,
         p99_ms,
         uplink_peak_rss_kib,
+        uplink_cpu_us_per_record,
+        worker_cpu_us_per_record,
+        emulator_cpu_us_per_record,
     }
 }
 
@@ -83,8 +111,14 @@ fn report(outcome: &Outcome, workers: usize) {
         outcome.uplink_peak_rss_kib as f64 / 1024.0
     );
     println!(
-        "records_per_second={:.0} ack_p50_ms={:.2} ack_p99_ms={:.2} workers={workers}",
-        outcome.records_per_second, outcome.p50_ms, outcome.p99_ms
+        "records_per_second={:.0} ack_p50_ms={:.2} ack_p99_ms={:.2} workers={workers} \
+         uplink_cpu_us_per_record={:.2} worker_cpu_us_per_record={:.2} emulator_cpu_us_per_record={:.2}",
+        outcome.records_per_second,
+        outcome.p50_ms,
+        outcome.p99_ms,
+        outcome.uplink_cpu_us_per_record,
+        outcome.worker_cpu_us_per_record,
+        outcome.emulator_cpu_us_per_record
     );
 }
 

@@ -8,6 +8,7 @@
 
 pub mod chaos;
 pub mod connector;
+pub mod emulator;
 pub mod mosquitto;
 pub mod outage;
 pub mod rig;

@@ -57,6 +57,8 @@ enum Cloud {
     Emulator,
     /// This emulator, set up by the test (faults switched on before the uplink first connects).
     Given(Box<Emulator>),
+    /// An emulator elsewhere (another process): only its settings.
+    External(Box<iot_connector_proto::ZerobusSettings>),
     /// Nowhere: the uplink keeps everything in its spool.
     Offline,
 }
@@ -90,6 +92,13 @@ impl RigBuilder {
         self
     }
 
+    /// Forwards to an emulator this process does not run ([`crate::emulator::EmulatorProcess`]);
+    /// the rig's own reads of the emulator ([`Rig::zerobus`]) are not available.
+    pub fn forwarding_to(mut self, zerobus: iot_connector_proto::ZerobusSettings) -> Self {
+        self.cloud = Cloud::External(Box::new(zerobus));
+        self
+    }
+
     /// No emulator: the uplink only spools, as with Zerobus not configured.
     pub fn offline(mut self) -> Self {
         self.cloud = Cloud::Offline;
@@ -119,13 +128,14 @@ impl RigBuilder {
     /// is ready.
     pub async fn start(self) -> Rig {
         let dir = tempfile::tempdir().unwrap();
-        let zerobus = match self.cloud {
-            Cloud::Emulator => Some(start_emulator().await.unwrap()),
-            Cloud::Given(zerobus) => Some(*zerobus),
-            Cloud::Offline => None,
+        let (zerobus, forward_to) = match self.cloud {
+            Cloud::Emulator => (Some(start_emulator().await.unwrap()), None),
+            Cloud::Given(zerobus) => (Some(*zerobus), None),
+            Cloud::External(settings) => (None, Some(*settings)),
+            Cloud::Offline => (None, None),
         };
         let mut settings = uplink_settings(dir.path());
-        settings.zerobus = zerobus.as_ref().map(zerobus_settings);
+        settings.zerobus = zerobus.as_ref().map(zerobus_settings).or(forward_to);
         if let Some(adjust) = self.adjust {
             adjust(&mut settings);
         }
@@ -181,7 +191,7 @@ impl Rig {
     pub fn zerobus(&self) -> &Emulator {
         self.zerobus
             .as_ref()
-            .expect("an offline rig has no emulator")
+            .expect("an offline rig, or one forwarding elsewhere, has no emulator here")
     }
 
     /// The state directory every worker is given in its settings.
