@@ -553,6 +553,12 @@ impl Spool {
         })
     }
 
+    /// How often a spool that keeps dropping writes a status row with the drops since the last
+    /// one ([`DROP_REPORT_EVERY`] unless set): zero reports with every commit that finds drops.
+    pub fn report_drops_every(&mut self, every: std::time::Duration) {
+        self.drop_report_every_us = u64::try_from(every.as_micros()).unwrap_or(u64::MAX);
+    }
+
     /// Policy drops not yet written in a status row (see the module doc): they will be, with the
     /// next commit at least [`DROP_REPORT_EVERY`] after the last report.
     pub fn unreported_drops(&self) -> Result<u64, SpoolError> {
@@ -1411,7 +1417,7 @@ mod tests {
         assert_eq!(spool.unreported_drops().unwrap(), 2);
         assert_eq!(spool.stats().unwrap().rows, [1, 0, 0, 1]);
         // Once the interval has passed, the next commit reports them, drops or not.
-        spool.drop_report_every_us = 0;
+        spool.report_drops_every(std::time::Duration::ZERO);
         let outcome = spool
             .append(&[batch("d", 2, &rows(Table::Modbus, 1, 10))], &status_row)
             .unwrap();

@@ -3,7 +3,9 @@
 //! temporary directory, encryption on) and against [`Model`], a few ordered maps that restate the
 //! specification in `uplink/src/spool.rs`. After every operation both must agree on everything a
 //! caller can observe: the rows and their positions, every source's sequence number, the sizes,
-//! the dead letters, the exact [`AppendOutcome`] and the status rows written for drops.
+//! the dead letters, the exact [`AppendOutcome`], the status rows written for drops and the drops
+//! not yet reported. Drops are reported with every commit (`report_drops_every(0)`), or never
+//! (an interval longer than any run), so that the model needs no clock.
 //!
 //! Each full policy has its own test with a `max_bytes` small enough that it triggers often; a test
 //! also fails if its policy never actually dropped, evicted or blocked, so that a change in the
@@ -19,6 +21,7 @@ use std::{
     cell::{Cell, RefCell},
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use iot_connector_proto::{SpoolPolicy, Table};
@@ -163,10 +166,31 @@ fn sealed_len(row: &[u8]) -> u64 {
     row.len() as u64 + TAG_LEN
 }
 
+/// When the spool writes a status row for its drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reports {
+    /// With every commit that finds drops to report.
+    Always,
+    /// Never within the run: they wait in the counter.
+    Never,
+}
+
+impl Reports {
+    fn every(self) -> Duration {
+        match self {
+            Self::Always => Duration::ZERO,
+            Self::Never => Duration::MAX,
+        }
+    }
+}
+
 /// The specification, restated with ordered maps.
 #[derive(Debug)]
 struct Model {
     policy: SpoolPolicy,
+    reports: Reports,
+    /// Drops not yet in a status row.
+    unreported: u64,
     max_bytes: u64,
     rows: [BTreeMap<u64, Vec<u8>>; Table::COUNT],
     sources: HashMap<String, u64>,
@@ -176,9 +200,11 @@ struct Model {
 }
 
 impl Model {
-    fn new(policy: SpoolPolicy, max_bytes: u64) -> Self {
+    fn new(policy: SpoolPolicy, reports: Reports, max_bytes: u64) -> Self {
         Self {
             policy,
+            reports,
+            unreported: 0,
             max_bytes,
             rows: Default::default(),
             sources: HashMap::new(),
@@ -222,7 +248,8 @@ impl Model {
         evicted
     }
 
-    /// One append call; also returns the drop count the status row must carry.
+    /// One append call; also returns the drop count the status row it writes must carry (0: it
+    /// writes none).
     fn append(&mut self, batches: &[Incoming]) -> (AppendOutcome, u64) {
         let mut outcome = AppendOutcome::default();
         let mut drops = 0;
@@ -265,10 +292,15 @@ impl Model {
             }
             outcome.committed += 1;
         }
-        if drops > 0 {
-            self.insert(Table::Status, status_row(drops, self.policy));
+        self.unreported += drops;
+        let reported = match self.reports {
+            Reports::Always => std::mem::take(&mut self.unreported),
+            Reports::Never => 0,
+        };
+        if reported > 0 {
+            self.insert(Table::Status, status_row(reported, self.policy));
         }
-        (outcome, drops)
+        (outcome, reported)
     }
 
     fn store(&mut self, fresh: &[(u64, Table, Vec<u8>)], outcome: &mut AppendOutcome) {
@@ -361,21 +393,24 @@ struct Harness {
     read: [Vec<u64>; Table::COUNT],
 }
 
-fn open(dir: &Path, key_path: &Path, max_bytes: u64, policy: SpoolPolicy) -> Spool {
+fn open(dir: &Path, key_path: &Path, model: &Model) -> Spool {
     let key = SealKey::load_or_create(key_path).unwrap();
-    Spool::open(dir, Some(key), max_bytes, policy).unwrap()
+    let mut spool = Spool::open(dir, Some(key), model.max_bytes, model.policy).unwrap();
+    spool.report_drops_every(model.reports.every());
+    spool
 }
 
 impl Harness {
-    fn new(policy: SpoolPolicy, max_bytes: u64) -> Self {
+    fn new(policy: SpoolPolicy, reports: Reports, max_bytes: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let key_path = dir.path().join("key").join("spool.key");
-        let spool = open(&dir.path().join("spool"), &key_path, max_bytes, policy);
+        let model = Model::new(policy, reports, max_bytes);
+        let spool = open(&dir.path().join("spool"), &key_path, &model);
         Self {
             dir,
             key_path,
             spool: Some(spool),
-            model: Model::new(policy, max_bytes),
+            model,
             sent: [None; SOURCES.len()],
             read: Default::default(),
         }
@@ -430,15 +465,19 @@ impl Harness {
                     status_row(count, policy)
                 };
                 let got = self.spool().append(&batches, &record).unwrap();
-                let (want, drops) = self.model.append(&batches);
+                let unreported_before = self.model.unreported;
+                let (want, reported) = self.model.append(&batches);
                 prop_assert_eq!(&got, &want, "append of {}", summary(&batches));
-                let want_calls = if drops > 0 {
-                    vec![(drops, self.model.policy)]
+                let want_calls = if reported > 0 {
+                    vec![(reported, self.model.policy)]
                 } else {
                     vec![]
                 };
                 prop_assert_eq!(calls.into_inner(), want_calls, "status rows written");
-                add(&coverage.appends_with_drops, u64::from(drops > 0));
+                add(
+                    &coverage.appends_with_drops,
+                    u64::from(reported > 0 || self.model.unreported > unreported_before),
+                );
                 add(&coverage.evicted, got.evicted_oldest);
                 add(&coverage.dropped_newest, got.dropped_newest);
                 add(
@@ -504,8 +543,7 @@ impl Harness {
                 self.spool = Some(open(
                     &self.dir.path().join("spool"),
                     &self.key_path,
-                    self.model.max_bytes,
-                    self.model.policy,
+                    &self.model,
                 ));
                 add(&coverage.reopens, 1);
             }
@@ -516,6 +554,11 @@ impl Harness {
     /// Everything observable agrees with the model, and invariant 4 holds.
     fn check(&self) -> Result<(), TestCaseError> {
         let spool = self.spool();
+        prop_assert_eq!(
+            spool.unreported_drops().unwrap(),
+            self.model.unreported,
+            "drops not yet reported"
+        );
         for table in Table::ALL {
             let got = spool.read(table, None, usize::MAX, usize::MAX).unwrap();
             let want = self.model.read(table, None, usize::MAX, usize::MAX);
@@ -549,7 +592,7 @@ impl Harness {
 }
 
 /// Runs the model test for one policy and returns what it went through.
-fn run(policy: SpoolPolicy) -> Coverage {
+fn run(policy: SpoolPolicy, reports: Reports) -> Coverage {
     let mut runner = TestRunner::new(Config {
         cases: 64,
         // Only `spool.rs` and this file are ours to write; a failure prints its minimal input.
@@ -558,7 +601,7 @@ fn run(policy: SpoolPolicy) -> Coverage {
     });
     let coverage = Coverage::default();
     let result = runner.run(&case(), |(max_bytes, ops)| {
-        let mut harness = Harness::new(policy, max_bytes);
+        let mut harness = Harness::new(policy, reports, max_bytes);
         harness.check()?;
         for op in &ops {
             harness.apply(op, &coverage)?;
@@ -584,7 +627,7 @@ fn assert_common(coverage: &Coverage) {
 
 #[test]
 fn spool_matches_model_under_drop_oldest() {
-    let coverage = run(SpoolPolicy::DropOldest);
+    let coverage = run(SpoolPolicy::DropOldest, Reports::Always);
     assert_common(&coverage);
     assert!(coverage.evicted.get() > 0, "{coverage:?}");
     assert!(coverage.appends_with_drops.get() > 0, "{coverage:?}");
@@ -593,7 +636,7 @@ fn spool_matches_model_under_drop_oldest() {
 
 #[test]
 fn spool_matches_model_under_drop_newest() {
-    let coverage = run(SpoolPolicy::DropNewest);
+    let coverage = run(SpoolPolicy::DropNewest, Reports::Always);
     assert_common(&coverage);
     assert!(coverage.dropped_newest.get() > 0, "{coverage:?}");
     assert!(coverage.appends_with_drops.get() > 0, "{coverage:?}");
@@ -603,8 +646,17 @@ fn spool_matches_model_under_drop_newest() {
 
 #[test]
 fn spool_matches_model_under_block() {
-    let coverage = run(SpoolPolicy::Block);
+    let coverage = run(SpoolPolicy::Block, Reports::Always);
     assert_common(&coverage);
     assert!(coverage.blocked_appends.get() > 0, "{coverage:?}");
     assert_eq!(coverage.evicted.get(), 0, "{coverage:?}");
+}
+
+#[test]
+fn drops_not_yet_due_for_a_report_are_all_in_the_counter() {
+    for policy in [SpoolPolicy::DropOldest, SpoolPolicy::DropNewest] {
+        let coverage = run(policy, Reports::Never);
+        assert_common(&coverage);
+        assert!(coverage.appends_with_drops.get() > 0, "{coverage:?}");
+    }
 }
