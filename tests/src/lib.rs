@@ -224,6 +224,20 @@ impl Uplink {
         table: Table,
         source_config: &str,
     ) -> Result<WorkerSettings, IpcError> {
+        let (grant, settings) = self.issue(source, table, source_config);
+        self.send_grant(grant).await?;
+        Ok(settings)
+    }
+
+    /// A new grant for `source` and the worker settings carrying its token, not yet sent to
+    /// the uplink: a test that wants the worker to start first sends it later with
+    /// [`Uplink::send_grant`].
+    pub fn issue(
+        &self,
+        source: &str,
+        table: Table,
+        source_config: &str,
+    ) -> (SourceGrant, WorkerSettings) {
         let token = new_token();
         let grant = SourceGrant {
             source: source.to_owned(),
@@ -231,21 +245,27 @@ impl Uplink {
             token: token.clone(),
             start: iot_connector_proto::Start::First,
         };
-        self.process
-            .writer
-            .send(&Message::Grant(grant.clone()))
-            .await?;
-        self.grants.retain(|g| g.source != source);
-        self.grants.push(grant);
         let state_dir = Path::new(&self.settings.spool_dir).with_file_name("state");
-        Ok(WorkerSettings {
+        let settings = WorkerSettings {
             connector_id: self.settings.connector_id.clone(),
             source: source.to_owned(),
             state_dir: state_dir.display().to_string(),
             data_socket: self.settings.data_socket.clone(),
             token,
             source_config: source_config.as_bytes().to_vec(),
-        })
+        };
+        (grant, settings)
+    }
+
+    /// Sends `grant` to the uplink, and keeps it for [`Uplink::kill_and_restart`].
+    pub async fn send_grant(&mut self, grant: SourceGrant) -> Result<(), IpcError> {
+        self.process
+            .writer
+            .send(&Message::Grant(grant.clone()))
+            .await?;
+        self.grants.retain(|g| g.source != grant.source);
+        self.grants.push(grant);
+        Ok(())
     }
 }
 

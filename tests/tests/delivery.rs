@@ -603,3 +603,37 @@ async fn a_truncated_spool_file_is_moved_aside_and_a_fresh_spool_starts() {
     assert!(expected.is_subset(&ids), "the fresh spool forwards");
     rig.stop().await;
 }
+
+/// A worker that connects before the supervisor's grant for it has reached the uplink (as after
+/// an uplink restart) is held until the grant arrives, then accepted: not refused, and no error
+/// logged for what is an ordinary race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_faster_than_its_grant_is_accepted_once_the_grant_arrives() {
+    let mut rig = Rig::builder().offline().log_uplink().start().await;
+    let acked = rig.dir.path().join("acked");
+    let config = format!(
+        "count = 100\ntable = \"mqtt\"\nacked_file = {:?}\n",
+        acked.display().to_string()
+    );
+    let (grant, settings) = rig.uplink.issue("early", Table::Mqtt, &config);
+    let worker = tokio::spawn(iot_connector_tests::start_worker(
+        iot_connector_tests::TEST_WORKER,
+        settings,
+    ));
+    // The worker is connecting (or has bound) while the uplink knows nothing of it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rig.uplink.send_grant(grant).await.unwrap();
+    let worker = worker.await.unwrap().unwrap();
+    rig.workers.push(worker);
+    assert!(
+        wait_until(Duration::from_secs(30), || read_acked(&acked) == Some(100)).await,
+        "acked {:?} of 100",
+        read_acked(&acked)
+    );
+    let log = std::fs::read_to_string(rig.uplink_log()).unwrap();
+    assert!(
+        !log.contains("Refused a data connection"),
+        "the early worker was refused:\n{log}"
+    );
+    rig.stop().await;
+}

@@ -32,11 +32,18 @@ const MAX_HANDSHAKING: usize = 64;
 /// one bound connection per source, this bounds the writer's queue too.
 const MAX_PENDING_BATCHES: usize = 256;
 
+/// How long a bound connection whose source or token the uplink does not know yet waits for the
+/// grant. The supervisor passes a new worker's grant while that worker starts, and after an
+/// uplink restart the grant can arrive after the worker's first connect.
+const GRANT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Shared by every connection.
 #[derive(Debug)]
 pub struct Hub {
     connector_id: String,
     grants: Mutex<HashMap<String, SourceGrant>>,
+    /// Notified after every grant.
+    granted: tokio::sync::Notify,
     /// The writer's queue, behind the same lock as the per-source generation counters: a batch is
     /// queued only by the connection currently bound to its source, so that a new connection's
     /// barrier sees every batch of the connection it replaced.
@@ -65,6 +72,7 @@ impl Hub {
             connector_id,
             stats,
             grants: Mutex::default(),
+            granted: tokio::sync::Notify::new(),
             routes: Mutex::new(Routes {
                 writer,
                 generations: HashMap::new(),
@@ -77,6 +85,7 @@ impl Hub {
     /// Authorises (or re-authorises, with a new token) a source.
     pub fn grant(&self, grant: SourceGrant) {
         lock(&self.grants).insert(grant.source.clone(), grant);
+        self.granted.notify_waiters();
     }
 
     /// Writes the status rows of a process start (a grant's, or the uplink's own).
@@ -149,7 +158,7 @@ impl Hub {
                 return Ok(());
             }
         };
-        let table = match self.authorise(&source, &token, peer) {
+        let table = match self.authorised(&source, &token, peer).await {
             Ok(table) => table,
             Err(reason) => {
                 if let Some(suppressed) = lock(&self.refused_log).open(tokio::time::Instant::now())
@@ -198,7 +207,15 @@ impl Hub {
         tokio::join!(receiving, acker).0
     }
 
-    fn authorise(&self, source: &str, token: &[u8], peer: PeerIdentity) -> Result<Table, String> {
+    /// The table `source` may write when the peer runs as the connector's user and `token` is
+    /// the source's current grant. A source or token not (yet) granted waits up to
+    /// [`GRANT_WAIT`] for a grant that makes it so.
+    async fn authorised(
+        &self,
+        source: &str,
+        token: &[u8],
+        peer: PeerIdentity,
+    ) -> Result<Table, String> {
         let own_uid = nix::unistd::geteuid().as_raw();
         if peer.uid != Some(own_uid) && peer.uid != Some(0) {
             return Err(format!(
@@ -206,6 +223,24 @@ impl Hub {
                 peer.uid
             ));
         }
+        let deadline = tokio::time::Instant::now() + GRANT_WAIT;
+        loop {
+            // Registered before the look, so that a grant in between is not missed.
+            let granted = self.granted.notified();
+            tokio::pin!(granted);
+            granted.as_mut().enable();
+            match self.granted_table(source, token) {
+                Ok(table) => return Ok(table),
+                Err(reason) => {
+                    if tokio::time::timeout_at(deadline, granted).await.is_err() {
+                        return Err(reason);
+                    }
+                }
+            }
+        }
+    }
+
+    fn granted_table(&self, source: &str, token: &[u8]) -> Result<Table, String> {
         match lock(&self.grants).get(source) {
             Some(grant) if tokens_match(&grant.token, token) => Ok(grant.table),
             Some(_) => Err(format!(
