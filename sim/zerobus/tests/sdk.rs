@@ -215,20 +215,38 @@ async fn outage_refuses_streams_with_a_retryable_error_until_it_ends() {
     assert_eq!(emulator.state().row_count(TABLE), 3);
 }
 
+/// The SDK's own race on reconnect (it can count an early ack of the new stream against the old
+/// one's bookkeeping, and ends the stream): seen here about once in 200 runs, under load only.
+fn is_sdk_ack_race(error: &ZerobusError) -> bool {
+    error.to_string().contains("Invalid durability ACK offset")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mid_stream_drop_resends_so_every_record_arrives_with_duplicates() {
-    let emulator = start(EmulatorOptions::default()).await.unwrap();
-    let sdk = sdk(&emulator).unwrap();
-    emulator.faults().update(|f| {
-        f.drop_stream = Some(DropStream {
-            after_requests: 500,
-            withhold_acks: 50,
-        })
-    });
-    let stream = open(&sdk).await.unwrap();
-
-    ingest(&stream, 0..1000).await.unwrap();
-    stream.flush().await.unwrap();
+    // One more try, on a fresh emulator, when the SDK's known race ends the first one; any
+    // other failure fails the test.
+    let mut tries = 0;
+    let emulator = loop {
+        tries += 1;
+        let emulator = start(EmulatorOptions::default()).await.unwrap();
+        let sdk = sdk(&emulator).unwrap();
+        emulator.faults().update(|f| {
+            f.drop_stream = Some(DropStream {
+                after_requests: 500,
+                withhold_acks: 50,
+            })
+        });
+        let stream = open(&sdk).await.unwrap();
+        let sent = match ingest(&stream, 0..1000).await {
+            Ok(()) => stream.flush().await,
+            Err(e) => Err(e),
+        };
+        match sent {
+            Ok(()) => break emulator,
+            Err(e) if tries == 1 && is_sdk_ack_race(&e) => continue,
+            Err(e) => panic!("{e}"),
+        }
+    };
 
     let state = emulator.state();
     let ids = state.record_ids(TABLE);

@@ -247,7 +247,15 @@ pub async fn run<P: Peer>(mut peer: P, kills: usize, rate: u64) -> Report {
     let mut report = Report::default();
     // When each worker process ended, its kill complete.
     let mut ends: Vec<Instant> = Vec::new();
-    for kind in order {
+    let (total, started) = (order.len(), Instant::now());
+    for (done, kind) in order.into_iter().enumerate() {
+        if done > 0 && done % 100 == 0 {
+            // A long run says how far it got, for whoever watches it.
+            eprintln!(
+                "chaos: {done} of {total} kills in {} s",
+                started.elapsed().as_secs()
+            );
+        }
         let pause = rand::rng().random_range(100..600);
         tokio::time::sleep(Duration::from_millis(pause)).await;
         let mut quiet = match peer.quiet() {
