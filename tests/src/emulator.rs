@@ -12,7 +12,7 @@ use std::{
 
 use iot_connector_proto::ZerobusSettings;
 
-use crate::{TABLES, bin};
+use crate::{bin, proc_stat_fields, zerobus_settings_at};
 
 /// A running `iot-connector-sim-zerobus`; killed when dropped.
 #[derive(Debug)]
@@ -46,17 +46,8 @@ impl EmulatorProcess {
             assert!(Instant::now() < deadline, "the emulator never started");
             std::thread::sleep(Duration::from_millis(20));
         };
-        let text = |key: &str| addresses[key].as_str().unwrap_or_default().to_owned();
-        let settings = ZerobusSettings {
-            endpoint: text("grpc_url"),
-            workspace_url: text("oauth_url"),
-            client_id: "test-principal".into(),
-            client_secret: "test-secret".into(),
-            ca_pem: Some(text("ca_pem")),
-            proxy: None,
-            no_proxy: Vec::new(),
-            tables: TABLES.map(str::to_owned),
-        };
+        let text = |key: &str| addresses[key].as_str().unwrap_or_default();
+        let settings = zerobus_settings_at(text("grpc_url"), text("oauth_url"), text("ca_pem"));
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         Self {
@@ -97,12 +88,10 @@ impl Drop for EmulatorProcess {
 
 /// The CPU time (user and system) `pid` has used, in microseconds; `None` once it is gone.
 pub fn cpu_us(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after the command name, which may hold spaces, start with the state (field 3);
     // utime and stime are fields 14 and 15.
-    let (_, rest) = stat.rsplit_once(") ")?;
-    let mut fields = rest.split_whitespace().skip(11);
-    let ticks: u64 = fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?;
+    let fields = proc_stat_fields(pid)?;
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    let ticks = field(14)? + field(15)?;
     let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()

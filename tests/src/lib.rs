@@ -420,16 +420,29 @@ pub const TABLES: [&str; Table::COUNT] = [
 
 /// Zerobus settings pointing at a local emulator, trusted through its CA like a corporate CA.
 pub fn zerobus_settings(emulator: &iot_connector_sim_zerobus::Emulator) -> ZerobusSettings {
+    zerobus_settings_at(emulator.grpc_url(), emulator.oauth_url(), emulator.ca_pem())
+}
+
+/// Settings for an emulator at these addresses with this CA (one in this process or not).
+pub fn zerobus_settings_at(grpc_url: &str, oauth_url: &str, ca_pem: &str) -> ZerobusSettings {
     ZerobusSettings {
-        endpoint: emulator.grpc_url().to_owned(),
-        workspace_url: emulator.oauth_url().to_owned(),
+        endpoint: grpc_url.to_owned(),
+        workspace_url: oauth_url.to_owned(),
         client_id: "test-principal".into(),
         client_secret: "test-secret".into(),
-        ca_pem: Some(emulator.ca_pem().to_owned()),
+        ca_pem: Some(ca_pem.to_owned()),
         proxy: None,
         no_proxy: Vec::new(),
         tables: TABLES.map(str::to_owned),
     }
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (which may hold spaces), starting
+/// with the state (field 3); `None` once the process is gone.
+pub fn proc_stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
 }
 
 /// The three-part name of `table`, as the tests forward to it.

@@ -211,10 +211,10 @@ fn connected(c: &Connector) -> bool {
 
 /// Whether `pid` has ended (gone, or a zombie not yet reaped).
 fn ended(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with(['Z', 'X']))
-    })
+    u32::try_from(pid)
+        .ok()
+        .and_then(crate::proc_stat_fields)
+        .is_none_or(|fields| fields.first().is_some_and(|s| s == "Z" || s == "X"))
 }
 
 /// Runs `kills` kill -9s of each kind while `peer` gives about `rate` values a second.
